@@ -1,0 +1,209 @@
+//! Project configuration: `tim.toml` at the root, or `[tool.tim]` in
+//! `pyproject.toml` (`tim.toml` wins when both exist).
+//!
+//! ```toml
+//! [daemon]
+//! idle_timeout = "1h"      # "90s", "30m", "2h", "1d", seconds as a number; 0 = never
+//!
+//! [watch]
+//! exclude = ["data/huge/**", "*.sqlite"]   # gitignore-style globs, root-relative
+//! ```
+//!
+//! Keys this version does not know are ignored (later versions add
+//! sections); a known key with a wrong value is an error that names the file
+//! and the key. `TIM_IDLE_TIMEOUT` overrides `daemon.idle_timeout`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 60 * 60);
+pub const IDLE_TIMEOUT_ENV: &str = "TIM_IDLE_TIMEOUT";
+/// The files whose change makes the daemon reload its configuration.
+pub const CONFIG_FILES: &[&str] = &["tim.toml", "pyproject.toml"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `None`: never shut down when idle.
+    pub idle_timeout: Option<Duration>,
+    pub exclude: Vec<String>,
+    /// Where the settings came from, for messages.
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            exclude: Vec::new(),
+            source: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+    #[error("{IDLE_TIMEOUT_ENV}={value:?}: {problem}")]
+    Env { value: String, problem: String },
+}
+
+impl Config {
+    pub fn load(root: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let tim_toml = root.join("tim.toml");
+        let pyproject = root.join("pyproject.toml");
+        let table = if tim_toml.is_file() {
+            Some((tim_toml.clone(), read_toml(&tim_toml)?))
+        } else if pyproject.is_file() {
+            let doc = read_toml(&pyproject)?;
+            doc.get("tool")
+                .and_then(|t| t.get("tim"))
+                .and_then(|t| t.as_table())
+                .cloned()
+                .map(|t| (pyproject.clone(), t))
+        } else {
+            None
+        };
+        if let Some((path, table)) = table {
+            config.apply(&path, &table)?;
+            config.source = Some(path);
+        }
+        if let Ok(value) = std::env::var(IDLE_TIMEOUT_ENV) {
+            config.idle_timeout = parse_duration(&toml::Value::String(value.clone()))
+                .map_err(|problem| ConfigError::Env { value, problem })?;
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        if let Some(value) = table.get("daemon").and_then(|d| d.get("idle_timeout")) {
+            self.idle_timeout =
+                parse_duration(value).map_err(|p| invalid("daemon.idle_timeout", p))?;
+        }
+        if let Some(value) = table.get("watch").and_then(|w| w.get("exclude")) {
+            let list = value
+                .as_array()
+                .ok_or_else(|| invalid("watch.exclude", "must be a list of glob strings".into()))?;
+            self.exclude = list
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        invalid("watch.exclude", format!("must hold strings, found {v}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+}
+
+fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })
+}
+
+/// `0` / `"0"` → never; a number → seconds; a string with a unit suffix
+/// (`s`, `m`, `h`, `d`).
+fn parse_duration(value: &toml::Value) -> Result<Option<Duration>, String> {
+    let secs = match value {
+        toml::Value::Integer(n) if *n >= 0 => *n as u64,
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: u64 = num.parse().map_err(|_| {
+                format!("expected a duration like \"90s\", \"30m\" or \"2h\", got {s:?}")
+            })?;
+            let scale = match unit.trim() {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86400,
+                other => {
+                    return Err(format!(
+                        "unknown duration unit {other:?} in {s:?}; use s, m, h or d"
+                    ));
+                }
+            };
+            n * scale
+        }
+        other => {
+            return Err(format!(
+                "expected a duration like \"90s\", \"30m\" or \"2h\", got {other}"
+            ));
+        }
+    };
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let s = |x: &str| parse_duration(&toml::Value::String(x.into()));
+        assert_eq!(s("90s").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(s("30m").unwrap(), Some(Duration::from_secs(1800)));
+        assert_eq!(s("2h").unwrap(), Some(Duration::from_secs(7200)));
+        assert_eq!(s("0").unwrap(), None);
+        assert_eq!(
+            parse_duration(&toml::Value::Integer(5)).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        assert!(s("5 weeks").unwrap_err().contains("unit"));
+        assert!(s("soon").unwrap_err().contains("duration"));
+    }
+
+    #[test]
+    fn files_and_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(Config::load(root).unwrap().exclude, Vec::<String>::new());
+        std::fs::write(
+            root.join("pyproject.toml"),
+            "[project]\nname='x'\n[tool.tim.watch]\nexclude=['a/**']\n[tool.tim.daemon]\nidle_timeout='10m'\n",
+        )
+        .unwrap();
+        let c = Config::load(root).unwrap();
+        assert_eq!(c.exclude, ["a/**"]);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(600)));
+        std::fs::write(root.join("tim.toml"), "[watch]\nexclude=['b/**']\n").unwrap();
+        assert_eq!(Config::load(root).unwrap().exclude, ["b/**"]);
+        std::fs::write(root.join("tim.toml"), "[watch]\nexclude='b/**'\n").unwrap();
+        let err = Config::load(root).unwrap_err().to_string();
+        assert!(
+            err.contains("tim.toml") && err.contains("watch.exclude"),
+            "{err}"
+        );
+        std::fs::write(root.join("tim.toml"), "[watch\n").unwrap();
+        assert!(
+            Config::load(root)
+                .unwrap_err()
+                .to_string()
+                .contains("not valid TOML")
+        );
+    }
+}

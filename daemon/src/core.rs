@@ -1,0 +1,916 @@
+//! The core: the one thread that owns the daemon's mutable state (index,
+//! store, watcher, subscriptions) and handles a closed set of [`Event`]s.
+//!
+//! Architecture invariants:
+//! * Nothing else touches the index or the store; connections talk to the
+//!   core through its channel and get their answer on a oneshot.
+//! * A query is answered only after a sync: the core writes a cookie file
+//!   and waits until the watcher reports it; every event the OS queued
+//!   before the cookie has then been received and is processed before the
+//!   answer. When the watcher is degraded, the whole tree is rescanned
+//!   instead. There are no sleeps anywhere on this path.
+//! * Bursts of file events are coalesced: touched paths collect in a set
+//!   until no event came for [`SETTLE`] (or [`SETTLE_MAX`] passed), then are
+//!   processed as one batch, committed as one transaction with one clock.
+
+use crate::config::{CONFIG_FILES, Config};
+use crate::index::{Index, Listing, RepoPath};
+use crate::scan::{self, DirHook, Filter, Hashed, IGNORE_FILES};
+use crate::store::{Change, FileUpdate, Store};
+use crate::watch::{FsEvent, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+use tim_proto::layout::Layout;
+use tim_proto::{
+    ChangeKind, ChangesReply, ErrorCode, ErrorReply, FileChange, FilesChanged, OkReply, Response,
+    ResponseFrame, RunSummary, StatusReply, SubscribedReply, WatcherMode, WatcherStatus,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Quiet time after the last file event before a batch is processed.
+pub const SETTLE: Duration = Duration::from_millis(30);
+/// A batch is processed at the latest this long after its first event, even
+/// while events keep coming.
+pub const SETTLE_MAX: Duration = Duration::from_millis(500);
+/// A cookie not reported by the watcher within this time means the watcher
+/// is broken; the core then degrades to rescanning on every query.
+const COOKIE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A turn of the loop slower than this is logged as a warning.
+const SLOW_TURN: Duration = Duration::from_millis(100);
+
+/// An answer for a connection.
+pub struct Reply {
+    pub response: Response,
+    pub warnings: Vec<String>,
+}
+
+impl Reply {
+    fn plain(response: Response) -> Reply {
+        Reply {
+            response,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Queries that are answered after a sync with the watcher.
+#[derive(Debug)]
+pub enum Query {
+    Status,
+    Changes { since: Option<String> },
+}
+
+pub type SubscriptionId = u64;
+
+/// Everything the core reacts to.
+pub enum Event {
+    Query {
+        query: Query,
+        reply: oneshot::Sender<Reply>,
+    },
+    Subscribe {
+        id: SubscriptionId,
+        /// Notifications, already framed with the subscription's request id.
+        sink: mpsc::UnboundedSender<ResponseFrame>,
+        request_id: u64,
+        reply: oneshot::Sender<Reply>,
+    },
+    Unsubscribe {
+        id: SubscriptionId,
+    },
+    Shutdown {
+        reason: String,
+        reply: Option<oneshot::Sender<Reply>>,
+    },
+    Fs(FsEvent),
+}
+
+/// Facts about this daemon process that never change.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub daemon_version: String,
+    pub protocol: tim_proto::ProtocolVersion,
+    pub pid: u32,
+    pub root: PathBuf,
+    pub started: Instant,
+}
+
+struct Pending {
+    cookie: u64,
+    deadline: Instant,
+    work: PendingWork,
+}
+
+enum PendingWork {
+    Query(Query, oneshot::Sender<Reply>),
+    Subscribe {
+        id: SubscriptionId,
+        sink: mpsc::UnboundedSender<ResponseFrame>,
+        request_id: u64,
+        reply: oneshot::Sender<Reply>,
+    },
+}
+
+struct Subscriber {
+    id: SubscriptionId,
+    request_id: u64,
+    sink: mpsc::UnboundedSender<ResponseFrame>,
+}
+
+pub struct Core {
+    identity: Identity,
+    layout: Layout,
+    config: Config,
+    filter: Filter,
+    index: Index,
+    store: Store,
+    events: Sender<Event>,
+    watcher: Option<Arc<Watcher>>,
+    /// Why watching is degraded; `Some` means "rescan on every query".
+    watch_problem: Option<String>,
+    /// Warnings every status answer carries (start-up repairs, bad config).
+    warnings: Vec<String>,
+    touched: BTreeSet<PathBuf>,
+    rescan_all: bool,
+    first_touch: Option<Instant>,
+    last_touch: Option<Instant>,
+    pending: Vec<Pending>,
+    next_cookie: u64,
+    subscribers: Vec<Subscriber>,
+    last_activity: Instant,
+    shutdown: Option<String>,
+}
+
+/// The outcome of one processed batch.
+#[derive(Default)]
+struct Batch {
+    updates: Vec<FileUpdate>,
+    changes: Vec<FileChange>,
+}
+
+impl Batch {
+    fn deleted(&mut self, path: RepoPath) {
+        self.changes.push(FileChange {
+            path: path.to_string(),
+            kind: ChangeKind::Deleted,
+        });
+        self.updates.push(FileUpdate::Delete { path });
+    }
+}
+
+impl Core {
+    pub fn new(
+        identity: Identity,
+        layout: Layout,
+        config: Config,
+        store: Store,
+        events: Sender<Event>,
+        warnings: Vec<String>,
+    ) -> Result<Core, scan::ScanError> {
+        let filter = Filter::new(&layout.root, &config.exclude)?;
+        Ok(Core {
+            identity,
+            layout,
+            config,
+            filter,
+            index: Index::default(),
+            store,
+            events,
+            watcher: None,
+            watch_problem: None,
+            warnings,
+            touched: BTreeSet::new(),
+            rescan_all: false,
+            first_touch: None,
+            last_touch: None,
+            pending: Vec::new(),
+            next_cookie: 0,
+            subscribers: Vec::new(),
+            last_activity: Instant::now(),
+            shutdown: None,
+        })
+    }
+
+    /// Runs until shut down; returns the store so the caller can close it
+    /// after the server stopped.
+    pub fn run(mut self, rx: Receiver<Event>) -> Store {
+        self.start_watching();
+        self.initial_scan();
+        while self.shutdown.is_none() {
+            let event = match self.next_deadline() {
+                Some(deadline) => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(event) => Some(event),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break,
+                },
+            };
+            let turn = Instant::now();
+            if let Some(event) = event {
+                self.handle(event);
+            }
+            self.on_timers();
+            let took = turn.elapsed();
+            if took > SLOW_TURN {
+                tracing::warn!(?took, "slow turn of the core loop");
+            }
+        }
+        let reason = self
+            .shutdown
+            .take()
+            .unwrap_or_else(|| "channel closed".into());
+        tracing::info!(%reason, "core stopping");
+        for pending in self.pending.drain(..) {
+            let reply = Reply::plain(Response::Error(ErrorReply::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the daemon is shutting down ({reason}); run the command again to start a new one"
+                ),
+            )));
+            match pending.work {
+                PendingWork::Query(_, tx) => drop(tx.send(reply)),
+                PendingWork::Subscribe { reply: tx, .. } => drop(tx.send(reply)),
+            }
+        }
+        self.store
+    }
+
+    fn start_watching(&mut self) {
+        if let Err(e) = std::fs::create_dir_all(self.layout.cookie_dir()) {
+            self.degrade(format!(
+                "cannot create {}: {e}; tim rescans the tree on every query instead of watching",
+                self.layout.cookie_dir().display()
+            ));
+            return;
+        }
+        // Cookies of an earlier daemon mean nothing to this one.
+        if let Ok(entries) = std::fs::read_dir(self.layout.cookie_dir()) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let events = self.events.clone();
+        match Watcher::new(move |event| {
+            let _ = events.send(Event::Fs(event));
+        }) {
+            Ok(watcher) => {
+                let watcher = Arc::new(watcher);
+                if let Err(e) = watcher.watch_dir(&self.layout.cookie_dir()) {
+                    self.degrade(e.to_string());
+                    return;
+                }
+                self.watcher = Some(watcher);
+            }
+            Err(e) => self.degrade(e.to_string()),
+        }
+    }
+
+    fn degrade(&mut self, problem: String) {
+        if self.watch_problem.is_none() {
+            tracing::warn!(%problem, "watching degraded: rescanning on every query");
+            self.watch_problem = Some(problem);
+        }
+    }
+
+    /// Loads what the store knows and reconciles it with the disk, so a
+    /// restart costs a rescan, never lost knowledge.
+    fn initial_scan(&mut self) {
+        let started = Instant::now();
+        match self.store.load_files() {
+            Ok(files) => {
+                for (path, meta) in files {
+                    self.index.insert(&path, meta);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the file table; treating every file as new")
+            }
+        }
+        let known = self.index.file_count();
+        let batch = self.rescan(&RepoPath::root());
+        let changed = batch.changes.len();
+        self.commit(batch, false);
+        tracing::info!(
+            files = self.index.file_count(),
+            known,
+            changed,
+            took = ?started.elapsed(),
+            "initial scan done"
+        );
+    }
+
+    fn dir_hook(&self) -> DirHook {
+        let watcher = self.watcher.clone();
+        let events = self.events.clone();
+        Arc::new(move |dir: &Path| {
+            if let Some(watcher) = &watcher
+                && let Err(e) = watcher.watch_dir(dir)
+            {
+                let _ = events.send(Event::Fs(FsEvent::Failed(e.to_string())));
+            }
+        })
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut deadline: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        };
+        if let (Some(first), Some(last)) = (self.first_touch, self.last_touch) {
+            consider((last + SETTLE).min(first + SETTLE_MAX));
+        }
+        if self.rescan_all {
+            consider(Instant::now());
+        }
+        for p in &self.pending {
+            consider(p.deadline);
+        }
+        if let Some(idle) = self.config.idle_timeout
+            && self.subscribers.is_empty()
+        {
+            consider(self.last_activity + idle);
+        }
+        deadline
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let settled = match (self.first_touch, self.last_touch) {
+            (Some(first), Some(last)) => now >= last + SETTLE || now >= first + SETTLE_MAX,
+            _ => false,
+        };
+        if settled || self.rescan_all {
+            self.flush();
+        }
+        if self.pending.iter().any(|p| now >= p.deadline) {
+            self.degrade(format!(
+                "the file watcher did not report a sync cookie within {}s; tim rescans the tree on every query until the daemon is restarted (`tim daemon restart`)",
+                COOKIE_TIMEOUT.as_secs()
+            ));
+            self.rescan_all = true;
+            self.flush();
+            let all: Vec<Pending> = self.pending.drain(..).collect();
+            for p in all {
+                self.complete(p.work);
+            }
+        }
+        if let Some(idle) = self.config.idle_timeout
+            && self.subscribers.is_empty()
+            && self.shutdown.is_none()
+            && now >= self.last_activity + idle
+        {
+            tracing::info!(?idle, "idle timeout reached");
+            self.shutdown = Some(format!("idle for {}s", idle.as_secs()));
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Fs(fs) => self.on_fs(fs),
+            Event::Query { query, reply } => {
+                self.last_activity = Instant::now();
+                self.sync_then(PendingWork::Query(query, reply));
+            }
+            Event::Subscribe {
+                id,
+                sink,
+                request_id,
+                reply,
+            } => {
+                self.last_activity = Instant::now();
+                self.sync_then(PendingWork::Subscribe {
+                    id,
+                    sink,
+                    request_id,
+                    reply,
+                });
+            }
+            Event::Unsubscribe { id } => {
+                self.last_activity = Instant::now();
+                self.subscribers.retain(|s| s.id != id);
+            }
+            Event::Shutdown { reason, reply } => {
+                tracing::info!(%reason, "shutdown requested");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Reply::plain(Response::Ok(OkReply {})));
+                }
+                self.shutdown = Some(reason);
+            }
+        }
+    }
+
+    fn on_fs(&mut self, event: FsEvent) {
+        match event {
+            FsEvent::Touched(paths) => {
+                let cookie_dir = self.layout.cookie_dir();
+                let mut seen_cookie = None;
+                for path in paths {
+                    if path.starts_with(&cookie_dir) {
+                        if let Some(n) = cookie_number(&path, self.identity.pid) {
+                            seen_cookie = seen_cookie.max(Some(n));
+                        }
+                        continue;
+                    }
+                    if path.starts_with(&self.layout.state_dir) {
+                        continue;
+                    }
+                    self.touched.insert(path);
+                    let now = Instant::now();
+                    self.first_touch.get_or_insert(now);
+                    self.last_touch = Some(now);
+                }
+                if let Some(n) = seen_cookie {
+                    self.on_cookie(n);
+                }
+            }
+            FsEvent::Rescan => {
+                tracing::warn!("the OS dropped file events; rescanning the whole tree");
+                self.rescan_all = true;
+            }
+            FsEvent::Failed(problem) => {
+                self.degrade(problem);
+            }
+        }
+    }
+
+    /// Answers `work` once every change made before now has been seen.
+    fn sync_then(&mut self, work: PendingWork) {
+        if self.watch_problem.is_some() {
+            self.rescan_all = true;
+            self.flush();
+            self.complete(work);
+            return;
+        }
+        self.next_cookie += 1;
+        let cookie = self.next_cookie;
+        let path = self
+            .layout
+            .cookie_dir()
+            .join(format!("{}-{cookie}", self.identity.pid));
+        match std::fs::write(&path, b"") {
+            Ok(()) => self.pending.push(Pending {
+                cookie,
+                deadline: Instant::now() + COOKIE_TIMEOUT,
+                work,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write a sync cookie; rescanning instead");
+                self.rescan_all = true;
+                self.flush();
+                self.complete(work);
+            }
+        }
+    }
+
+    fn on_cookie(&mut self, n: u64) {
+        let _ = std::fs::remove_file(
+            self.layout
+                .cookie_dir()
+                .join(format!("{}-{n}", self.identity.pid)),
+        );
+        if !self.pending.iter().any(|p| p.cookie <= n) {
+            return;
+        }
+        self.flush();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|p| p.cookie <= n);
+        self.pending = waiting;
+        for p in ready {
+            self.complete(p.work);
+        }
+    }
+
+    fn complete(&mut self, work: PendingWork) {
+        match work {
+            PendingWork::Query(query, reply) => {
+                let answer = self.answer(query);
+                let _ = reply.send(answer);
+            }
+            PendingWork::Subscribe {
+                id,
+                sink,
+                request_id,
+                reply,
+            } => {
+                let answer = Reply {
+                    response: Response::Subscribed(SubscribedReply {
+                        clock: self.clock(),
+                    }),
+                    warnings: self.current_warnings(),
+                };
+                if reply.send(answer).is_ok() {
+                    self.subscribers.push(Subscriber {
+                        id,
+                        request_id,
+                        sink,
+                    });
+                }
+            }
+        }
+    }
+
+    fn clock(&self) -> String {
+        format!("tim:{}:{}", self.store.instance(), self.store.seq())
+    }
+
+    fn current_warnings(&self) -> Vec<String> {
+        let mut warnings = self.warnings.clone();
+        if let Some(problem) = &self.watch_problem {
+            warnings.push(problem.clone());
+        }
+        warnings
+    }
+
+    fn answer(&mut self, query: Query) -> Reply {
+        let response = match query {
+            Query::Status => self.status(),
+            Query::Changes { since } => self.changes(since),
+        };
+        match response {
+            Ok(response) => Reply {
+                response,
+                warnings: self.current_warnings(),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "query failed");
+                Reply::plain(Response::Error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "the daemon could not read its database: {e}; see {}",
+                        self.layout.log().display()
+                    ),
+                )))
+            }
+        }
+    }
+
+    fn status(&self) -> Result<Response, crate::store::StoreError> {
+        let last_run = self.store.last_run()?;
+        let changed = match &last_run {
+            Some(run) => Some(to_file_changes(self.store.changes_since(run.clock_seq)?)),
+            None => None,
+        };
+        Ok(Response::Status(StatusReply {
+            daemon_version: self.identity.daemon_version.clone(),
+            protocol: self.identity.protocol,
+            pid: self.identity.pid,
+            root: self.identity.root.display().to_string(),
+            uptime_ms: self.identity.started.elapsed().as_millis() as u64,
+            tracked_files: self.index.file_count() as u64,
+            clock: self.clock(),
+            watcher: WatcherStatus {
+                mode: if self.watch_problem.is_some() {
+                    WatcherMode::RescanOnQuery
+                } else {
+                    WatcherMode::Native
+                },
+                problem: self.watch_problem.clone(),
+            },
+            last_run: last_run.map(|r| RunSummary {
+                id: r.id,
+                started_at_ms: r.started_at_ms,
+                finished_at_ms: r.finished_at_ms,
+                command: r.command,
+            }),
+            changed_since_last_run: changed,
+        }))
+    }
+
+    fn changes(&self, since: Option<String>) -> Result<Response, crate::store::StoreError> {
+        let parsed = since
+            .as_deref()
+            .map(|s| parse_clock(s, self.store.instance(), self.store.seq()));
+        let (fresh_reason, files) = match parsed {
+            Some(Ok(seq)) => (None, to_file_changes(self.store.changes_since(seq)?)),
+            Some(Err(reason)) => (Some(reason), self.all_files_added()),
+            None => (
+                Some("no clock was given".to_owned()),
+                self.all_files_added(),
+            ),
+        };
+        Ok(Response::Changes(ChangesReply {
+            clock: self.clock(),
+            fresh_instance: fresh_reason.is_some(),
+            fresh_reason,
+            files,
+        }))
+    }
+
+    fn all_files_added(&self) -> Vec<FileChange> {
+        let mut files: Vec<FileChange> = self
+            .index
+            .files()
+            .map(|(path, _)| FileChange {
+                path: path.to_string(),
+                kind: ChangeKind::Added,
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Processes every touched path (or the whole tree after an overflow or
+    /// in degraded mode) and commits the result as one batch.
+    fn flush(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        self.first_touch = None;
+        self.last_touch = None;
+        let mut config_changed = false;
+        let mut subtrees: BTreeSet<RepoPath> = BTreeSet::new();
+        let mut dirs: BTreeSet<RepoPath> = BTreeSet::new();
+        for abs in &touched {
+            let Some(rel) = self.filter.relative(abs) else {
+                continue;
+            };
+            let Some((parent, name)) = rel.split() else {
+                dirs.insert(RepoPath::root());
+                continue;
+            };
+            if parent.is_root() && CONFIG_FILES.contains(&name) {
+                config_changed = true;
+            }
+            if IGNORE_FILES.contains(&name) {
+                subtrees.insert(parent.clone());
+            }
+            if self.index.has_dir(&rel) {
+                dirs.insert(rel.clone());
+            }
+            dirs.insert(parent);
+        }
+        if config_changed && self.reload_config() {
+            self.rescan_all = true;
+        }
+        let started = Instant::now();
+        let batch = if std::mem::take(&mut self.rescan_all) {
+            self.rescan(&RepoPath::root())
+        } else {
+            let mut batch = Batch::default();
+            for tree in &subtrees {
+                if subtrees
+                    .iter()
+                    .any(|t| t != tree && tree.starts_with_dir(t))
+                {
+                    continue;
+                }
+                let part = self.rescan(tree);
+                batch.updates.extend(part.updates);
+                batch.changes.extend(part.changes);
+            }
+            for dir in &dirs {
+                if subtrees.iter().any(|t| dir.starts_with_dir(t)) {
+                    continue;
+                }
+                self.refresh_dir(dir, &mut batch);
+            }
+            batch
+        };
+        if !batch.updates.is_empty() {
+            tracing::debug!(
+                touched = touched.len(),
+                changes = batch.changes.len(),
+                took = ?started.elapsed(),
+                "batch processed"
+            );
+        }
+        self.commit(batch, true);
+    }
+
+    /// Rereads the configuration; true when the tracked set may differ.
+    fn reload_config(&mut self) -> bool {
+        match Config::load(&self.layout.root) {
+            Ok(config) => {
+                self.warnings.retain(|w| !w.starts_with("configuration: "));
+                let excludes_changed = config.exclude != self.config.exclude;
+                if excludes_changed {
+                    match Filter::new(&self.layout.root, &config.exclude) {
+                        Ok(filter) => self.filter = filter,
+                        Err(e) => {
+                            self.warnings
+                                .push(format!("configuration: {e}; keeping the previous excludes"));
+                            return false;
+                        }
+                    }
+                }
+                tracing::info!(?config, "configuration reloaded");
+                self.config = config;
+                excludes_changed
+            }
+            Err(e) => {
+                self.warnings.retain(|w| !w.starts_with("configuration: "));
+                self.warnings.push(format!(
+                    "configuration: {e}; keeping the previous settings until it is fixed"
+                ));
+                false
+            }
+        }
+    }
+
+    /// Brings one directory's direct entries up to date.
+    fn refresh_dir(&mut self, dir: &RepoPath, batch: &mut Batch) {
+        if !self.index.has_dir(dir) {
+            // Not tracked (ignored, or new: its parent's listing finds it).
+            return;
+        }
+        match self.filter.list_dir(dir) {
+            None => self.forget_dir(dir, batch),
+            Some(listing) => self.apply_listings(vec![listing], false, batch),
+        }
+    }
+
+    /// Walks `tree` completely and brings everything below it up to date.
+    fn rescan(&mut self, tree: &RepoPath) -> Batch {
+        let mut batch = Batch::default();
+        let listings = self.filter.walk(tree, self.dir_hook());
+        if listings.is_empty() {
+            self.forget_dir(tree, &mut batch);
+        } else {
+            // Directories the index knows below `tree` that the walk did not
+            // find are gone (or now ignored).
+            let found: BTreeSet<&RepoPath> = listings.iter().map(|l| &l.dir).collect();
+            let stale: Vec<RepoPath> = self
+                .index
+                .dirs_under(tree)
+                .into_iter()
+                .filter(|d| !found.contains(d))
+                .collect();
+            for dir in stale {
+                if self.index.has_dir(&dir) {
+                    self.forget_dir(&dir, &mut batch);
+                }
+            }
+            self.apply_listings(listings, true, &mut batch);
+        }
+        batch
+    }
+
+    fn forget_dir(&mut self, dir: &RepoPath, batch: &mut Batch) {
+        // Watches are deliberately not removed: the kernel drops those of
+        // deleted directories itself, and a directory renamed elsewhere in
+        // the tree shares its watch (same inode) with its new path, which
+        // removing the old one would silence. A leftover watch on a
+        // now-ignored directory only causes a harmless re-listing.
+        for path in self.index.remove_dir(dir) {
+            batch.deleted(path);
+        }
+    }
+
+    /// Applies fresh listings to the index. `complete` says the listings
+    /// cover whole subtrees (a walk), so new subdirectories need no walk.
+    fn apply_listings(&mut self, listings: Vec<Listing>, complete: bool, batch: &mut Batch) {
+        let mut to_hash = Vec::new();
+        let mut walk_next = Vec::new();
+        for listing in &listings {
+            let diff = self.index.diff_listing(listing);
+            to_hash.extend(diff.to_hash);
+            for path in diff.removed {
+                self.index.remove(&path);
+                batch.deleted(path);
+            }
+            for dir in diff.removed_subdirs {
+                self.forget_dir(&dir, batch);
+            }
+            if !complete {
+                walk_next.extend(diff.new_subdirs);
+            }
+            self.index.add_dir(&listing.dir);
+        }
+        for (path, hashed) in scan::hash_files(&self.filter, to_hash) {
+            match hashed {
+                Hashed::Present(meta) => {
+                    let previous = self.index.get(&path).map(|m| m.hash);
+                    let content_changed = previous != Some(meta.hash);
+                    if content_changed {
+                        batch.changes.push(FileChange {
+                            path: path.to_string(),
+                            kind: if previous.is_some() {
+                                ChangeKind::Modified
+                            } else {
+                                ChangeKind::Added
+                            },
+                        });
+                    }
+                    self.index.insert(&path, meta);
+                    batch.updates.push(FileUpdate::Upsert {
+                        path,
+                        meta,
+                        content_changed,
+                    });
+                }
+                Hashed::Gone => {
+                    if self.index.remove(&path).is_some() {
+                        batch.deleted(path);
+                    }
+                }
+            }
+        }
+        for dir in walk_next {
+            let listings = self.filter.walk(&dir, self.dir_hook());
+            self.apply_listings(listings, true, batch);
+        }
+    }
+
+    /// Persists a batch and tells subscribers what changed.
+    fn commit(&mut self, mut batch: Batch, notify: bool) {
+        if batch.updates.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.commit(&batch.updates) {
+            // The index stays ahead of the store; the next start reconciles
+            // the disk against what the store holds, so nothing is missed.
+            tracing::error!(error = %e, "cannot commit file changes");
+            return;
+        }
+        if !notify || batch.changes.is_empty() {
+            return;
+        }
+        batch.changes.sort();
+        batch.changes.dedup_by(|a, b| a.path == b.path);
+        let clock = self.clock();
+        self.subscribers.retain(|s| {
+            s.sink
+                .send(ResponseFrame {
+                    id: Some(s.request_id),
+                    response: Response::FilesChanged(FilesChanged {
+                        clock: clock.clone(),
+                        fresh_instance: false,
+                        files: batch.changes.clone(),
+                    }),
+                    warnings: Vec::new(),
+                })
+                .is_ok()
+        });
+    }
+}
+
+fn cookie_number(path: &Path, pid: u32) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let (owner, n) = name.split_once('-')?;
+    if owner != pid.to_string() {
+        return None;
+    }
+    n.parse().ok()
+}
+
+fn to_file_changes(changes: Vec<(RepoPath, Change)>) -> Vec<FileChange> {
+    changes
+        .into_iter()
+        .map(|(path, change)| FileChange {
+            path: path.to_string(),
+            kind: match change {
+                Change::Added => ChangeKind::Added,
+                Change::Modified => ChangeKind::Modified,
+                Change::Deleted => ChangeKind::Deleted,
+            },
+        })
+        .collect()
+}
+
+/// `tim:<instance>:<seq>` → seq, if it belongs to this database.
+fn parse_clock(clock: &str, instance: &str, current: u64) -> Result<u64, String> {
+    let mut parts = clock.splitn(3, ':');
+    let (Some("tim"), Some(inst), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{clock:?} is not a tim clock"));
+    };
+    if inst != instance {
+        return Err("the clock is from another database (it was rebuilt or replaced)".into());
+    }
+    match seq.parse::<u64>() {
+        Ok(seq) if seq <= current => Ok(seq),
+        Ok(_) => Err("the clock is ahead of this database".into()),
+        Err(_) => Err(format!("{clock:?} is not a tim clock")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks() {
+        assert_eq!(parse_clock("tim:abc:3", "abc", 5), Ok(3));
+        assert!(
+            parse_clock("tim:abc:6", "abc", 5)
+                .unwrap_err()
+                .contains("ahead")
+        );
+        assert!(
+            parse_clock("tim:xyz:3", "abc", 5)
+                .unwrap_err()
+                .contains("another database")
+        );
+        assert!(parse_clock("c:1", "abc", 5).is_err());
+        assert_eq!(
+            cookie_number(Path::new("/r/.tim/cookies/42-7"), 42),
+            Some(7)
+        );
+        assert_eq!(cookie_number(Path::new("/r/.tim/cookies/41-7"), 42), None);
+    }
+}

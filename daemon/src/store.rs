@@ -1,0 +1,583 @@
+//! The SQLite store at `.tim/tim.db`.
+//!
+//! Architecture invariant: this is the only module that uses rusqlite. Every
+//! write is one transaction, so a daemon killed at any moment leaves a
+//! database that opens and holds every committed batch. Opening is where the
+//! safety rules live: a database written by a newer tim is refused (never
+//! "upgraded" backwards); a corrupt one is moved aside, never deleted, and a
+//! fresh one is built in its place.
+
+use crate::index::{ContentHash, FileMeta, RepoPath, Stat};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// The newest schema this build knows.
+pub fn schema_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path} has schema version {found}, but this timd knows versions up to {known}: it was written by a newer tim. Upgrade tim, or move the file aside to start over"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot move the corrupt database {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A change to the file table, part of one batch.
+#[derive(Clone, Debug)]
+pub enum FileUpdate {
+    /// A file exists with this metadata. `content_changed` is false when only
+    /// its stat moved (touch, copy with the same bytes): the clock of the
+    /// file is then left alone.
+    Upsert {
+        path: RepoPath,
+        meta: FileMeta,
+        content_changed: bool,
+    },
+    Delete {
+        path: RepoPath,
+    },
+}
+
+/// How a file differs from what it was at an earlier clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    Modified,
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: u64,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub clock_seq: u64,
+    pub command: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    instance: String,
+    seq: u64,
+}
+
+enum OpenFailure {
+    Corrupt(String),
+    Fatal(StoreError),
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> OpenFailure {
+    if is_corruption(&e) {
+        OpenFailure::Corrupt(e.to_string())
+    } else {
+        OpenFailure::Fatal(StoreError::Open {
+            path: path.to_owned(),
+            source: e,
+        })
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (creating or migrating) the database. Warnings say what was
+    /// repaired and where the old data went; they are for the user.
+    pub fn open(path: &Path) -> Result<(Store, Vec<String>), StoreError> {
+        match Store::try_open(path) {
+            Ok(store) => Ok((store, Vec::new())),
+            Err(OpenFailure::Fatal(e)) => Err(e),
+            Err(OpenFailure::Corrupt(reason)) => {
+                let moved = move_aside(path)?;
+                tracing::warn!(path = %path.display(), moved = %moved.display(), %reason, "database corrupt; moved aside");
+                let store = Store::try_open(path).map_err(|f| match f {
+                    OpenFailure::Fatal(e) => e,
+                    OpenFailure::Corrupt(reason) => StoreError::Open {
+                        path: path.to_owned(),
+                        source: rusqlite::Error::InvalidParameterName(format!(
+                            "a fresh database is reported corrupt too ({reason}); check the disk"
+                        )),
+                    },
+                })?;
+                let warning = format!(
+                    "{} was corrupt ({reason}); it was moved to {} and a new, empty database was created, so every test counts as unrecorded until the next full run",
+                    path.display(),
+                    moved.display()
+                );
+                Ok((store, vec![warning]))
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<Store, OpenFailure> {
+        let conn = Connection::open(path).map_err(|e| classify(path, e))?;
+        let setup = || -> rusqlite::Result<String> {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            // WAL: readers never block the writer, and a killed process loses
+            // nothing that was committed. NORMAL sync is durable across
+            // process crashes (not across power loss), the trade-off WAL is
+            // designed for.
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", true)?;
+            conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+                .map(|check| {
+                    if check == "ok" {
+                        mode
+                    } else {
+                        format!("corrupt:{check}")
+                    }
+                })
+        };
+        match setup() {
+            Ok(check) if check.starts_with("corrupt:") => {
+                return Err(OpenFailure::Corrupt(format!(
+                    "integrity check failed: {}",
+                    &check["corrupt:".len()..]
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(classify(path, e)),
+        }
+        let mut store = Store {
+            conn,
+            instance: String::new(),
+            seq: 0,
+        };
+        store.migrate(path).map_err(|e| match e {
+            StoreError::Sqlite(inner) if is_corruption(&inner) => {
+                OpenFailure::Corrupt(inner.to_string())
+            }
+            other => OpenFailure::Fatal(other),
+        })?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let found: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = schema_version();
+        if found > known {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                known,
+            });
+        }
+        let tx = self.conn.transaction()?;
+        for (num, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+            tracing::info!(num, name, "applying migration");
+            tx.execute_batch(sql)?;
+        }
+        if found < known {
+            tx.pragma_update(None, "user_version", known)?;
+        }
+        let instance: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let instance = match instance {
+            Some(i) => i,
+            None => {
+                let fresh = new_instance_id();
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+                    [&fresh],
+                )?;
+                fresh
+            }
+        };
+        let seq: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
+            .optional()?;
+        tx.commit()?;
+        self.instance = instance;
+        self.seq = seq.and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok(())
+    }
+
+    /// A random id of this database, part of every clock it hands out.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The last clock value committed.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Every live (not deleted) file.
+    pub fn load_files(&self) -> Result<Vec<(RepoPath, FileMeta)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, hash, size, mtime_ns, ctime_ns, inode, racy FROM file WHERE hash IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(1)?;
+            Ok((
+                RepoPath::new(r.get::<_, String>(0)?),
+                hash,
+                Stat {
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime_ns: r.get(3)?,
+                    ctime_ns: r.get(4)?,
+                    inode: r.get::<_, i64>(5)? as u64,
+                },
+                r.get::<_, bool>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (path, hash, stat, racy) = row?;
+            // A hash of the wrong length can only come from outside tim; the
+            // file is then simply hashed again.
+            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+                continue;
+            };
+            out.push((
+                path,
+                FileMeta {
+                    stat,
+                    hash: ContentHash(hash),
+                    racy,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Commits one batch atomically. When any file's content changed (or a
+    /// file appeared or vanished) the batch gets the next clock value, which
+    /// is returned; a batch of stat-only updates keeps the clock.
+    pub fn commit(&mut self, updates: &[FileUpdate]) -> Result<u64, StoreError> {
+        if updates.is_empty() {
+            return Ok(self.seq);
+        }
+        let bumps = updates.iter().any(|u| match u {
+            FileUpdate::Upsert {
+                content_changed, ..
+            } => *content_changed,
+            FileUpdate::Delete { .. } => true,
+        });
+        let seq = if bumps { self.seq + 1 } else { self.seq };
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO file (path, hash, size, mtime_ns, ctime_ns, inode, racy, created_seq, changed_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                 ON CONFLICT (path) DO UPDATE SET
+                   created_seq = CASE WHEN file.hash IS NULL THEN excluded.created_seq ELSE file.created_seq END,
+                   changed_seq = CASE WHEN ?9 OR file.hash IS NULL THEN excluded.changed_seq ELSE file.changed_seq END,
+                   hash = excluded.hash, size = excluded.size, mtime_ns = excluded.mtime_ns,
+                   ctime_ns = excluded.ctime_ns, inode = excluded.inode, racy = excluded.racy",
+            )?;
+            let mut delete = tx.prepare_cached(
+                "UPDATE file SET hash = NULL, changed_seq = ?2 WHERE path = ?1 AND hash IS NOT NULL",
+            )?;
+            for update in updates {
+                match update {
+                    FileUpdate::Upsert {
+                        path,
+                        meta,
+                        content_changed,
+                    } => {
+                        upsert.execute(params![
+                            path.as_str(),
+                            &meta.hash.0[..],
+                            meta.stat.size as i64,
+                            meta.stat.mtime_ns,
+                            meta.stat.ctime_ns,
+                            meta.stat.inode as i64,
+                            meta.racy,
+                            seq as i64,
+                            content_changed,
+                        ])?;
+                    }
+                    FileUpdate::Delete { path } => {
+                        delete.execute(params![path.as_str(), seq as i64])?;
+                    }
+                }
+            }
+            if bumps {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('seq', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [seq.to_string()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        self.seq = seq;
+        Ok(seq)
+    }
+
+    /// Files whose content changed after clock `since`, in path order.
+    pub fn changes_since(&self, since: u64) -> Result<Vec<(RepoPath, Change)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path, hash IS NULL, created_seq FROM file WHERE changed_seq > ?1 ORDER BY path",
+        )?;
+        let rows = stmt.query_map([since as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (path, deleted, created) = row?;
+            let change = match (deleted, created > since) {
+                // Appeared and vanished again since then: no difference.
+                (true, true) => continue,
+                (true, false) => Change::Deleted,
+                (false, true) => Change::Added,
+                (false, false) => Change::Modified,
+            };
+            out.push((RepoPath::new(path), change));
+        }
+        Ok(out)
+    }
+
+    pub fn last_run(&self) -> Result<Option<RunRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, started_at_ms, finished_at_ms, clock_seq, command FROM run ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(RunRow {
+                        id: r.get::<_, i64>(0)? as u64,
+                        started_at_ms: r.get::<_, i64>(1)? as u64,
+                        finished_at_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                        clock_seq: r.get::<_, i64>(3)? as u64,
+                        command: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Folds the write-ahead log into the database file, so that copying
+    /// `tim.db` alone carries all the data, and closes the connection.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
+    }
+}
+
+fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mixing in time and pid keeps two
+    // databases created in the same process apart.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// Renames `tim.db` (and its `-wal`/`-shm` companions) to
+/// `tim.db.corrupt-<unix seconds>`; returns the new path of the database.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = now_ms() / 1000;
+    let mut target = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    let mut n = 1;
+    while target.exists() {
+        target = PathBuf::from(format!("{}.corrupt-{stamp}-{n}", path.display()));
+        n += 1;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        let to = PathBuf::from(format!("{}{suffix}", target.display()));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(source) => {
+                return Err(StoreError::MoveAside { path: from, source });
+            }
+        }
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(byte: u8) -> FileMeta {
+        FileMeta {
+            stat: Stat {
+                size: byte as u64,
+                ..Stat::default()
+            },
+            hash: ContentHash([byte; 32]),
+            racy: false,
+        }
+    }
+
+    fn upsert(path: &str, byte: u8, content_changed: bool) -> FileUpdate {
+        FileUpdate::Upsert {
+            path: RepoPath::new(path),
+            meta: meta(byte),
+            content_changed,
+        }
+    }
+
+    fn changes(store: &Store, since: u64) -> Vec<(String, Change)> {
+        store
+            .changes_since(since)
+            .unwrap()
+            .into_iter()
+            .map(|(p, c)| (p.to_string(), c))
+            .collect()
+    }
+
+    #[test]
+    fn clocks_classify_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, warnings) = Store::open(&dir.path().join("tim.db")).unwrap();
+        assert!(warnings.is_empty());
+        let s1 = store
+            .commit(&[upsert("a.py", 1, true), upsert("b.py", 2, true)])
+            .unwrap();
+        assert_eq!(s1, 1);
+        // Stat-only: no new clock, nothing reported.
+        assert_eq!(store.commit(&[upsert("a.py", 1, false)]).unwrap(), 1);
+        assert!(changes(&store, s1).is_empty());
+        let s2 = store
+            .commit(&[
+                upsert("a.py", 3, true),
+                FileUpdate::Delete {
+                    path: RepoPath::new("b.py"),
+                },
+                upsert("c.py", 4, true),
+            ])
+            .unwrap();
+        assert_eq!(s2, 2);
+        assert_eq!(
+            changes(&store, s1),
+            [
+                ("a.py".into(), Change::Modified),
+                ("b.py".into(), Change::Deleted),
+                ("c.py".into(), Change::Added)
+            ]
+        );
+        // Created and deleted after the clock: not a difference.
+        store
+            .commit(&[FileUpdate::Delete {
+                path: RepoPath::new("c.py"),
+            }])
+            .unwrap();
+        assert_eq!(
+            changes(&store, s1),
+            [
+                ("a.py".into(), Change::Modified),
+                ("b.py".into(), Change::Deleted)
+            ]
+        );
+        let live: Vec<_> = store
+            .load_files()
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(live, ["a.py"]);
+    }
+
+    #[test]
+    fn reopen_keeps_instance_and_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tim.db");
+        let (mut store, _) = Store::open(&path).unwrap();
+        store.commit(&[upsert("a.py", 1, true)]).unwrap();
+        let instance = store.instance().to_owned();
+        store.close().unwrap();
+        assert!(
+            !dir.path().join("tim.db-wal").exists()
+                || std::fs::metadata(dir.path().join("tim.db-wal"))
+                    .unwrap()
+                    .len()
+                    == 0
+        );
+        let (store, _) = Store::open(&path).unwrap();
+        assert_eq!(store.instance(), instance);
+        assert_eq!(store.seq(), 1);
+        assert_eq!(store.load_files().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tim.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema_version() + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+        assert!(err.to_string().contains("newer tim"), "{err}");
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn corrupt_database_is_moved_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tim.db");
+        std::fs::write(
+            &path,
+            b"this is not a database, it is a shopping list\n".repeat(200),
+        )
+        .unwrap();
+        let (store, warnings) = Store::open(&path).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("corrupt"), "{}", warnings[0]);
+        assert_eq!(store.seq(), 0);
+        let moved: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("tim.db.corrupt-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        assert!(
+            std::fs::read(dir.path().join(&moved[0]))
+                .unwrap()
+                .starts_with(b"this is not a database")
+        );
+    }
+}
