@@ -1,1 +1,10 @@
+//! tim's integration tests: one test binary (see client/Cargo.toml), real
+//! `tim` and `timd` processes, real sockets and SQLite files, each test in
+//! its own temp project with its own runtime directory.
 
+mod support;
+
+mod lifecycle;
+mod protocol;
+mod store;
+mod watcher;

@@ -142,6 +142,18 @@ impl Store {
 
     fn try_open(path: &Path) -> Result<Store, OpenFailure> {
         let conn = Connection::open(path).map_err(|e| classify(path, e))?;
+        // The schema version is read before anything is written (even the
+        // journal mode), so a database from a newer tim is left untouched.
+        let found: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        if found > schema_version() {
+            return Err(OpenFailure::Fatal(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                known: schema_version(),
+            }));
+        }
         let setup = || -> rusqlite::Result<String> {
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             // WAL: readers never block the writer, and a killed process loses

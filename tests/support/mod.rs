@@ -1,0 +1,356 @@
+//! Test support: real projects in temp dirs, real `tim`/`timd` processes,
+//! each with its own runtime directory, never the user's.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const TIM: &str = env!("CARGO_BIN_EXE_tim");
+pub const TIMD: &str = env!("CARGO_BIN_EXE_timd");
+
+/// Upper bound for waiting on an event that should come in milliseconds. It
+/// only turns a hang into a failure; no test passes by waiting for it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Project {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub runtime: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    /// An empty project: a root with `.git` (so it is a root and
+    /// `.gitignore` applies) and a private runtime directory.
+    pub fn new() -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("tim-it-")
+            .tempdir()
+            .unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let root = base.join("proj");
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        Project {
+            _dir: dir,
+            root,
+            runtime: base.join("run"),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn with_files(files: &[(&str, &str)]) -> Project {
+        let p = Project::new();
+        for (path, text) in files {
+            p.write(path, text);
+        }
+        p
+    }
+
+    /// Sets an environment variable for every later tim/timd this project runs.
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn remove(&self, rel: &str) {
+        let p = self.path(rel);
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).unwrap();
+        } else {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    pub fn rename(&self, from: &str, to: &str) {
+        let to = self.path(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::rename(self.path(from), to).unwrap();
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(&self.root)
+            .env("TIM_RUNTIME_DIR", &self.runtime)
+            .env_remove("TIM_LOG")
+            .env_remove("TIM_IDLE_TIMEOUT")
+            .env_remove("TIM_TEST_PROTOCOL")
+            .env("TIM_DAEMON", TIMD);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// A `tim` command in the project root, with this project's environment.
+    pub fn tim_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(TIM);
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn tim(&self, args: &[&str]) -> Output {
+        self.tim_cmd(args).output().unwrap()
+    }
+
+    /// Runs tim and requires success; returns stdout.
+    pub fn tim_ok(&self, args: &[&str]) -> String {
+        let out = self.tim(args);
+        assert!(
+            out.status.success(),
+            "tim {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn tim_json(&self, args: &[&str]) -> Value {
+        let text = self.tim_ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("tim {args:?}: {e}: {text}"))
+    }
+
+    pub fn status(&self) -> Value {
+        self.tim_json(&["status", "--json"])
+    }
+
+    pub fn clock(&self) -> String {
+        self.status()["clock"].as_str().unwrap().to_owned()
+    }
+
+    /// `tim changes --since CLOCK` as `(kind, path)` pairs, and the new clock.
+    pub fn changes_since(&self, clock: &str) -> (Vec<(String, String)>, String) {
+        let v = self.tim_json(&["changes", "--since", clock, "--json"]);
+        assert_eq!(v["fresh_instance"], false, "unexpected fresh instance: {v}");
+        let files = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_owned(),
+                    f["path"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        (files, v["clock"].as_str().unwrap().to_owned())
+    }
+
+    /// `timd --foreground` as a child of the test.
+    pub fn spawn_foreground_daemon(&self) -> Child {
+        self.command(TIMD)
+            .args(["--foreground", "--root"])
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn daemon_info(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.path(".tim/daemon.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon_info()
+            .and_then(|i| i["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(
+            self.daemon_info().expect("daemon.json")["socket"]
+                .as_str()
+                .unwrap(),
+        )
+    }
+
+    /// Every live `timd` process serving this root.
+    pub fn daemon_processes(&self) -> Vec<u32> {
+        let root = self.root.display().to_string();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_timd = args.first().is_some_and(|a| a.ends_with("timd"));
+            if is_timd && args.iter().any(|a| *a == root) && !is_zombie(pid) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(&self.socket())
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        // Never leave a daemon behind, whatever the test did.
+        for pid in self.daemon_processes() {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: sending a signal to a pid has no memory-safety implications.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Waits for a child to exit, failing the test after [`PATIENCE`].
+pub fn wait_exit(mut child: Child) -> (std::process::ExitStatus, String) {
+    let mut stderr = child.stderr.take();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(s, &mut text);
+        }
+        let status = child.wait();
+        let _ = tx.send((status, text));
+    });
+    let (status, text) = rx
+        .recv_timeout(PATIENCE)
+        .expect("the process did not exit in time");
+    (status.unwrap(), text)
+}
+
+/// Waits until a process that is not our child is gone, by watching its
+/// `/proc` entry through inotify-free means: the daemon's lock. A process
+/// holding `lock` exclusively is alive; acquiring it blocks until it exits.
+pub fn wait_lock_free(lock: &Path) {
+    let file = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = file.lock();
+        let _ = tx.send(r.is_ok());
+        drop(file);
+    });
+    assert!(
+        rx.recv_timeout(PATIENCE)
+            .expect("the daemon did not exit in time"),
+        "locking failed"
+    );
+}
+
+/// A hand-driven protocol client, for frames `tim` would never send.
+pub struct RawClient {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl RawClient {
+    pub fn connect(socket: &Path) -> RawClient {
+        let stream = UnixStream::connect(socket).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        RawClient { stream, reader }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn send(&mut self, frame: &Value) {
+        let mut line = serde_json::to_vec(frame).unwrap();
+        line.push(b'\n');
+        self.stream.write_all(&line).unwrap();
+    }
+
+    /// The next frame, or `None` when the daemon closed the connection.
+    pub fn recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("reading from the daemon: {e}"),
+        }
+    }
+
+    pub fn hello(&mut self) -> Value {
+        self.send(&serde_json::json!({
+            "id": 1, "type": "hello",
+            "data": {"protocol": {"major": 1, "minor": 0}, "client": "test", "client_version": "0"}
+        }));
+        let reply = self.recv().expect("hello answered");
+        assert_eq!(reply["type"], "hello", "{reply}");
+        reply
+    }
+
+    pub fn request(&mut self, id: u64, kind: &str, data: Value) -> Value {
+        self.send(&serde_json::json!({"id": id, "type": kind, "data": data}));
+        self.recv().expect("an answer")
+    }
+}
+
+/// Waits until process `pid` (not necessarily our child) has exited, on the
+/// kernel's exit notification (a pidfd becomes readable), failing the test
+/// after [`PATIENCE`].
+pub fn wait_gone(pid: u32) {
+    // SAFETY: plain syscalls on integers and a pollfd we own.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
+        if fd < 0 {
+            // ESRCH: already gone (and reaped).
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ready = libc::poll(&mut pfd, 1, PATIENCE.as_millis() as libc::c_int);
+        libc::close(fd);
+        assert_eq!(ready, 1, "process {pid} did not exit in time");
+    }
+}
