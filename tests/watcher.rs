@@ -59,16 +59,33 @@ fn run_steps(p: &Project, steps: Vec<Step>) {
 }
 
 #[test]
-fn creates_edits_deletes_and_renames_are_seen_ignored_files_are_not() {
-    let p = Project::with_files(&[
+fn native_watching_sees_every_change() {
+    let p = Project::new();
+    check_tracking(&p);
+    assert_eq!(p.status()["watcher"]["mode"], "native");
+}
+
+#[test]
+fn rescan_mode_sees_every_change() {
+    let p = Project::with_files(&[("tim.toml", "[watch]\nmode = \"rescan\"\n")]);
+    check_tracking(&p);
+    let status = p.status();
+    assert_eq!(status["watcher"]["mode"], "rescan_on_query");
+    assert_eq!(status["warnings"], serde_json::json!([]), "a chosen mode is no warning");
+}
+
+fn check_tracking(p: &Project) {
+    for (path, text) in [
         (".gitignore", "*.log\nbuild/\n"),
         ("pkg/core.py", "def f():\n    return 1\n"),
         ("pkg/util.py", "X = 1\n"),
         ("tests/test_core.py", "from pkg.core import f\n"),
-    ]);
+    ] {
+        p.write(path, text);
+    }
     use Op::*;
     run_steps(
-        &p,
+        p,
         vec![
             Step {
                 what: "edit a file",

@@ -7,6 +7,7 @@
 //!
 //! [watch]
 //! exclude = ["data/huge/**", "*.sqlite"]   # gitignore-style globs, root-relative
+//! mode = "native"          # or "rescan": no OS notifications; every query rescans
 //! ```
 //!
 //! Keys this version does not know are ignored (later versions add
@@ -26,6 +27,7 @@ pub struct Config {
     /// `None`: never shut down when idle.
     pub idle_timeout: Option<Duration>,
     pub exclude: Vec<String>,
+    pub watch_mode: WatchMode,
     /// Where the settings came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -35,9 +37,20 @@ impl Default for Config {
         Config {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             exclude: Vec::new(),
+            watch_mode: WatchMode::Native,
             source: None,
         }
     }
+}
+
+/// How the daemon learns about changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// OS notifications (inotify, FSEvents, ...), synced by cookies.
+    Native,
+    /// No notifications: every query stats the whole tree first. For file
+    /// systems where notifications do not work (some network mounts).
+    Rescan,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +122,18 @@ impl Config {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(value) = table.get("watch").and_then(|w| w.get("mode")) {
+            self.watch_mode = match value.as_str() {
+                Some("native") => WatchMode::Native,
+                Some("rescan") => WatchMode::Rescan,
+                _ => {
+                    return Err(invalid(
+                        "watch.mode",
+                        format!("must be \"native\" or \"rescan\", found {value}"),
+                    ));
+                }
+            };
         }
         Ok(())
     }

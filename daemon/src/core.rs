@@ -13,7 +13,7 @@
 //!   until no event came for [`SETTLE`] (or [`SETTLE_MAX`] passed), then are
 //!   processed as one batch, committed as one transaction with one clock.
 
-use crate::config::{CONFIG_FILES, Config};
+use crate::config::{CONFIG_FILES, Config, WatchMode};
 use crate::index::{Index, Listing, RepoPath};
 use crate::scan::{self, DirHook, Filter, Hashed, IGNORE_FILES};
 use crate::store::{Change, FileUpdate, Store};
@@ -244,6 +244,10 @@ impl Core {
     }
 
     fn start_watching(&mut self) {
+        if self.config.watch_mode == WatchMode::Rescan {
+            tracing::info!("watch.mode is \"rescan\": not watching, rescanning on every query");
+            return;
+        }
         if let Err(e) = std::fs::create_dir_all(self.layout.cookie_dir()) {
             self.degrade(format!(
                 "cannot create {}: {e}; tim rescans the tree on every query instead of watching",
@@ -271,6 +275,12 @@ impl Core {
             }
             Err(e) => self.degrade(e.to_string()),
         }
+    }
+
+    /// True when answers must come from a rescan rather than from the
+    /// watcher: by configuration, or because watching failed.
+    fn rescans_on_query(&self) -> bool {
+        self.watcher.is_none() || self.watch_problem.is_some()
     }
 
     fn degrade(&mut self, problem: String) {
@@ -349,6 +359,15 @@ impl Core {
         };
         if settled || self.rescan_all {
             self.flush();
+        }
+        if self.rescans_on_query() && !self.pending.is_empty() {
+            // Watching was turned off while queries waited for cookies.
+            self.rescan_all = true;
+            self.flush();
+            let all: Vec<Pending> = self.pending.drain(..).collect();
+            for p in all {
+                self.complete(p.work);
+            }
         }
         if self.pending.iter().any(|p| now >= p.deadline) {
             self.degrade(format!(
@@ -443,7 +462,7 @@ impl Core {
 
     /// Answers `work` once every change made before now has been seen.
     fn sync_then(&mut self, work: PendingWork) {
-        if self.watch_problem.is_some() {
+        if self.rescans_on_query() {
             self.rescan_all = true;
             self.flush();
             self.complete(work);
@@ -567,7 +586,7 @@ impl Core {
             tracked_files: self.index.file_count() as u64,
             clock: self.clock(),
             watcher: WatcherStatus {
-                mode: if self.watch_problem.is_some() {
+                mode: if self.rescans_on_query() {
                     WatcherMode::RescanOnQuery
                 } else {
                     WatcherMode::Native
@@ -699,9 +718,16 @@ impl Core {
                         }
                     }
                 }
+                let mode_changed = config.watch_mode != self.config.watch_mode;
                 tracing::info!(?config, "configuration reloaded");
                 self.config = config;
-                excludes_changed
+                if mode_changed {
+                    self.watcher = None;
+                    self.watch_problem = None;
+                    self.start_watching();
+                }
+                // A new watcher needs its watches, which a full walk adds.
+                excludes_changed || mode_changed
             }
             Err(e) => {
                 self.warnings.retain(|w| !w.starts_with("configuration: "));

@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(reader.next_line().unwrap().unwrap(), b"partial");
         assert!(reader.next_line().unwrap().is_none());
 
-        let big = vec![b'x'; 100];
+        let big = [b'x'; 100];
         let mut reader = FrameReader::with_limit(&big[..], 64);
         assert!(matches!(
             reader.next_line(),

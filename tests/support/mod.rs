@@ -200,7 +200,7 @@ impl Project {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             let is_timd = args.first().is_some_and(|a| a.ends_with("timd"));
-            if is_timd && args.iter().any(|a| *a == root) && !is_zombie(pid) {
+            if is_timd && args.contains(&root) && !is_zombie(pid) {
                 found.push(pid);
             }
         }
