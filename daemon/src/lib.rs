@@ -14,6 +14,7 @@
 pub mod config;
 pub mod core;
 pub mod index;
+pub mod pyparse;
 pub mod scan;
 pub mod server;
 pub mod store;

@@ -1,0 +1,487 @@
+//! Python source → fingerprinted blocks and import statements.
+//!
+//! Architecture invariant: this is the only module that uses tree-sitter. It
+//! is pure: bytes in, blocks out, no IO.
+//!
+//! A file is cut into blocks, each hashed on its own:
+//! * one block per function or method body, named by the function's
+//!   `__qualname__` (`parse`, `Parser.parse`, `Outer.Inner.method`);
+//!   functions nested in functions, lambdas and comprehensions belong to the
+//!   enclosing function's block, as their code only runs when it does;
+//! * the module block, `<module>`: everything that runs at import time, which
+//!   is the file with those bodies left out: module-level statements, class
+//!   bodies, decorators, default arguments, annotations.
+//!
+//! So editing a method body changes that method's block only; editing a
+//! class attribute, a default argument or a decorator argument changes the
+//! module block. Hashes are over the token stream with nesting made
+//! explicit and comments dropped, so comment and whitespace edits change no
+//! block while an indentation change that moves a statement does.
+
+use crate::index::ContentHash;
+use std::collections::BTreeMap;
+use tree_sitter::{Node, Parser};
+
+/// The module block's name.
+pub const MODULE_BLOCK: &str = "<module>";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub name: String,
+    pub hash: ContentHash,
+    /// 1-based, inclusive; for messages. The module block spans the file.
+    pub first_line: u32,
+    pub last_line: u32,
+}
+
+/// An import statement outside function bodies (imports inside functions
+/// run when the function runs, and are recorded then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Import {
+    /// Dotted module path as written, without leading dots.
+    pub module: String,
+    /// Leading dots of a relative import (`from ..x import y` → 2).
+    pub level: u32,
+    /// For `from M import a, b`: `["a", "b"]` (they may be submodules);
+    /// `["*"]` for a star import; empty for `import M`.
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: u32,
+    pub column: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedModule {
+    pub blocks: Vec<Block>,
+    pub imports: Vec<Import>,
+    /// Set when the source does not parse; the blocks are then not to be
+    /// trusted, and everything depending on the file counts as changed.
+    pub syntax_error: Option<SyntaxError>,
+}
+
+impl ParsedModule {
+    pub fn block(&self, name: &str) -> Option<&Block> {
+        self.blocks.iter().find(|b| b.name == name)
+    }
+}
+
+struct Acc {
+    hasher: blake3::Hasher,
+    first_line: u32,
+    last_line: u32,
+}
+
+impl Acc {
+    fn new(first_line: u32, last_line: u32) -> Acc {
+        Acc {
+            hasher: blake3::Hasher::new(),
+            first_line,
+            last_line,
+        }
+    }
+
+    fn token(&mut self, text: &[u8]) {
+        self.hasher.update(text);
+        self.hasher.update(b"\x00");
+    }
+}
+
+struct Walker<'s> {
+    src: &'s [u8],
+    /// Function blocks by qualname. Two definitions with one qualname
+    /// (property getter and setter, `if`/`else` variants) share a block.
+    functions: BTreeMap<String, Acc>,
+    imports: Vec<Import>,
+}
+
+/// Parses `src` (Python source bytes).
+pub fn parse(src: &[u8]) -> ParsedModule {
+    let mut parser = Parser::new();
+    parser
+        .set_language(&tree_sitter_python::LANGUAGE.into())
+        .expect("the bundled Python grammar matches the tree-sitter version");
+    let Some(tree) = parser.parse(src, None) else {
+        // Only a cancelled or timed-out parse returns None; neither is set.
+        return ParsedModule {
+            blocks: Vec::new(),
+            imports: Vec::new(),
+            syntax_error: Some(SyntaxError { line: 1, column: 1 }),
+        };
+    };
+    let root = tree.root_node();
+    let mut walker = Walker {
+        src,
+        functions: BTreeMap::new(),
+        imports: Vec::new(),
+    };
+    let last_line = root.end_position().row as u32 + 1;
+    let mut module = Acc::new(1, last_line);
+    walker.walk(root, &Scope::Module { prefix: String::new() }, &mut module);
+    let mut blocks = vec![Block {
+        name: MODULE_BLOCK.to_owned(),
+        hash: ContentHash(*module.hasher.finalize().as_bytes()),
+        first_line: 1,
+        last_line,
+    }];
+    blocks.extend(walker.functions.into_iter().map(|(name, acc)| Block {
+        name,
+        hash: ContentHash(*acc.hasher.finalize().as_bytes()),
+        first_line: acc.first_line,
+        last_line: acc.last_line,
+    }));
+    ParsedModule {
+        blocks,
+        imports: walker.imports,
+        syntax_error: first_error(root),
+    }
+}
+
+fn first_error(node: Node) -> Option<SyntaxError> {
+    if !node.has_error() {
+        return None;
+    }
+    if node.is_error() || node.is_missing() {
+        let p = node.start_position();
+        return Some(SyntaxError {
+            line: p.row as u32 + 1,
+            column: p.column as u32 + 1,
+        });
+    }
+    let mut cursor = node.walk();
+    let found = node.children(&mut cursor).find_map(first_error);
+    found.or({
+        let p = node.start_position();
+        Some(SyntaxError {
+            line: p.row as u32 + 1,
+            column: p.column as u32 + 1,
+        })
+    })
+}
+
+/// Where a node sits: at module or class level (definitions there get
+/// blocks of their own), or inside a function body (everything inline).
+enum Scope {
+    Module { prefix: String },
+    Function,
+}
+
+impl<'s> Walker<'s> {
+    fn text(&self, node: Node) -> &'s [u8] {
+        &self.src[node.byte_range()]
+    }
+
+    fn walk(&mut self, node: Node, scope: &Scope, acc: &mut Acc) {
+        match node.kind() {
+            "comment" => return,
+            "function_definition" => {
+                if let Scope::Module { prefix } = scope {
+                    self.function(node, prefix, acc);
+                    return;
+                }
+            }
+            "class_definition" => {
+                if let Scope::Module { prefix } = scope {
+                    self.class(node, prefix, acc);
+                    return;
+                }
+            }
+            "import_statement" | "import_from_statement" | "future_import_statement" => {
+                if let Scope::Module { .. } = scope {
+                    self.import(node);
+                }
+            }
+            _ => {}
+        }
+        self.tokens(node, scope, acc);
+    }
+
+    /// Emits `node`'s tokens into `acc`, recursing through [`Self::walk`].
+    fn tokens(&mut self, node: Node, scope: &Scope, acc: &mut Acc) {
+        if node.child_count() == 0 {
+            acc.token(self.text(node));
+            return;
+        }
+        let is_block = node.kind() == "block";
+        if is_block {
+            acc.token(b"{");
+        }
+        let mut cursor = node.walk();
+        let children: Vec<Node> = node.children(&mut cursor).collect();
+        for child in children {
+            self.walk(child, scope, acc);
+        }
+        if is_block {
+            acc.token(b"}");
+        }
+    }
+
+    fn function(&mut self, node: Node, prefix: &str, acc: &mut Acc) {
+        let name = node
+            .child_by_field_name("name")
+            .map(|n| String::from_utf8_lossy(self.text(n)).into_owned())
+            .unwrap_or_default();
+        let qualname = format!("{prefix}{name}");
+        let body = node.child_by_field_name("body");
+        // The signature (name, parameters with defaults, annotations) runs
+        // at definition time: it belongs to the enclosing block.
+        let mut cursor = node.walk();
+        let children: Vec<Node> = node.children(&mut cursor).collect();
+        for child in children {
+            if Some(child) == body {
+                acc.token(b"<body>");
+                acc.token(qualname.as_bytes());
+                continue;
+            }
+            self.walk(child, &Scope::Function, acc);
+        }
+        if let Some(body) = body {
+            let first = node.start_position().row as u32 + 1;
+            let last = node.end_position().row as u32 + 1;
+            let mut fn_acc = self
+                .functions
+                .remove(&qualname)
+                .unwrap_or_else(|| Acc::new(first, last));
+            fn_acc.first_line = fn_acc.first_line.min(first);
+            fn_acc.last_line = fn_acc.last_line.max(last);
+            self.tokens(body, &Scope::Function, &mut fn_acc);
+            self.functions.insert(qualname, fn_acc);
+        }
+    }
+
+    fn class(&mut self, node: Node, prefix: &str, acc: &mut Acc) {
+        let name = node
+            .child_by_field_name("name")
+            .map(|n| String::from_utf8_lossy(self.text(n)).into_owned())
+            .unwrap_or_default();
+        let inner = Scope::Module {
+            prefix: format!("{prefix}{name}."),
+        };
+        let body = node.child_by_field_name("body");
+        let mut cursor = node.walk();
+        let children: Vec<Node> = node.children(&mut cursor).collect();
+        for child in children {
+            if Some(child) == body {
+                // The class body runs at import time: it stays in `acc`,
+                // but its methods get blocks under the class's prefix.
+                self.tokens(child, &inner, acc);
+            } else {
+                self.walk(child, &Scope::Function, acc);
+            }
+        }
+    }
+
+    fn import(&mut self, node: Node) {
+        let src = self.src;
+        let dotted =
+            |n: Node| String::from_utf8_lossy(&src[n.byte_range()]).replace(char::is_whitespace, "");
+        match node.kind() {
+            "import_statement" => {
+                let mut cursor = node.walk();
+                for child in node.children_by_field_name("name", &mut cursor) {
+                    let target = if child.kind() == "aliased_import" {
+                        child.child_by_field_name("name").unwrap_or(child)
+                    } else {
+                        child
+                    };
+                    self.imports.push(Import {
+                        module: dotted(target),
+                        level: 0,
+                        names: Vec::new(),
+                    });
+                }
+            }
+            "import_from_statement" => {
+                let Some(module) = node.child_by_field_name("module_name") else {
+                    return;
+                };
+                let (path, level) = if module.kind() == "relative_import" {
+                    let text = dotted(module);
+                    let level = text.chars().take_while(|c| *c == '.').count() as u32;
+                    (text[level as usize..].to_owned(), level)
+                } else {
+                    (dotted(module), 0)
+                };
+                let mut names = Vec::new();
+                let mut cursor = node.walk();
+                for child in node.children_by_field_name("name", &mut cursor) {
+                    let target = if child.kind() == "aliased_import" {
+                        child.child_by_field_name("name").unwrap_or(child)
+                    } else {
+                        child
+                    };
+                    names.push(dotted(target));
+                }
+                let mut cursor = node.walk();
+                if node
+                    .children(&mut cursor)
+                    .any(|c| c.kind() == "wildcard_import")
+                {
+                    names.push("*".to_owned());
+                }
+                self.imports.push(Import {
+                    module: path,
+                    level,
+                    names,
+                });
+            }
+            // `from __future__ import x` imports nothing from the project.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(src: &str) -> BTreeMap<String, ContentHash> {
+        let parsed = parse(src.as_bytes());
+        assert_eq!(parsed.syntax_error, None, "{src}");
+        parsed.blocks.into_iter().map(|b| (b.name, b.hash)).collect()
+    }
+
+    /// Which blocks differ between two versions of a file.
+    fn changed(before: &str, after: &str) -> Vec<String> {
+        let (a, b) = (hashes(before), hashes(after));
+        let mut names: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().filter(|n| a.get(n) != b.get(n)).collect()
+    }
+
+    const BASE: &str = r#""""Module doc."""
+import os
+from .util import helper as h
+
+LIMIT = 10
+
+def retry(times):
+    def wrap(fn):
+        return fn
+    return wrap
+
+class Parser:
+    """Parses."""
+    mode = "strict"
+
+    def __init__(self, text, limit=LIMIT):
+        self.text = text
+
+    @retry(3)
+    def parse(self):
+        # a comment
+        if self.text:
+            return [c for c in self.text]
+        return None
+
+    class Inner:
+        def method(self):
+            return 1
+
+def top(x=1):
+    return lambda: x
+"#;
+
+    #[test]
+    fn blocks_are_named_by_qualname() {
+        let names: Vec<String> = hashes(BASE).into_keys().collect();
+        assert_eq!(
+            names,
+            [
+                "<module>",
+                "Parser.Inner.method",
+                "Parser.__init__",
+                "Parser.parse",
+                "retry",
+                "top"
+            ]
+        );
+        let parsed = parse(BASE.as_bytes());
+        let parse_block = parsed.block("Parser.parse").unwrap();
+        assert_eq!((parse_block.first_line, parse_block.last_line), (20, 24));
+    }
+
+    #[test]
+    fn edits_change_exactly_the_blocks_they_touch() {
+        // (what, replace, with, expected changed blocks)
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            ("method body", "return None", "return []", &["Parser.parse"]),
+            ("nested function", "return fn", "return None", &["retry"]),
+            ("comprehension", "[c for c in self.text]", "[c for c in self.text if c]", &["Parser.parse"]),
+            ("module constant", "LIMIT = 10", "LIMIT = 11", &["<module>"]),
+            ("class attribute", "mode = \"strict\"", "mode = \"lax\"", &["<module>"]),
+            ("default argument", "limit=LIMIT", "limit=5", &["<module>"]),
+            ("decorator argument", "@retry(3)", "@retry(4)", &["<module>"]),
+            ("lambda default in a body", "x=1):\n    return lambda: x", "x=1):\n    return lambda: x + 1", &["top"]),
+            ("nested class method", "return 1", "return 2", &["Parser.Inner.method"]),
+            ("comment only", "# a comment", "# another comment", &[]),
+            ("blank lines and spacing", "LIMIT = 10\n", "LIMIT  =  10\n\n\n", &[]),
+            ("docstring", "\"\"\"Parses.\"\"\"", "\"\"\"Parses text.\"\"\"", &["<module>"]),
+            ("import", "import os", "import sys", &["<module>"]),
+            (
+                "indentation moving a statement",
+                "            return [c for c in self.text]\n        return None",
+                "            return [c for c in self.text]\n            return None",
+                &["Parser.parse"],
+            ),
+            ("delete a method", "    def __init__(self, text, limit=LIMIT):\n        self.text = text\n", "", &["<module>", "Parser.__init__"]),
+            ("add a function", "def top(x=1):", "def added():\n    pass\n\ndef top(x=1):", &["<module>", "added"]),
+        ];
+        for (what, from, to, expected) in cases {
+            assert!(BASE.contains(from), "{what}: pattern not in BASE");
+            let after = BASE.replacen(from, to, 1);
+            assert_eq!(changed(BASE, &after), *expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn imports_outside_functions_are_collected() {
+        let src = r#"
+import a.b.c, d as e
+from . import sibling
+from ..pkg.mod import x, y as z
+from q import *
+from __future__ import annotations
+try:
+    import fast
+except ImportError:
+    import slow
+class K:
+    import inside_class
+def f():
+    import lazy
+"#;
+        let parsed = parse(src.as_bytes());
+        let got: Vec<(String, u32, Vec<String>)> = parsed
+            .imports
+            .into_iter()
+            .map(|i| (i.module, i.level, i.names))
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [
+                ("a.b.c".into(), 0, vec![]),
+                ("d".into(), 0, vec![]),
+                ("".into(), 1, s(&["sibling"])),
+                ("pkg.mod".into(), 2, s(&["x", "y"])),
+                ("q".into(), 0, s(&["*"])),
+                ("fast".into(), 0, vec![]),
+                ("slow".into(), 0, vec![]),
+                ("inside_class".into(), 0, vec![]),
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_with_a_line() {
+        let parsed = parse(b"x = 1\ndef broken(:\n    pass\n");
+        let err = parsed.syntax_error.expect("an error");
+        assert_eq!(err.line, 2);
+        assert!(parse(b"x = (1,\n").syntax_error.is_some());
+        assert!(parse(b"").syntax_error.is_none());
+    }
+}
