@@ -71,7 +71,11 @@ fn rescan_mode_sees_every_change() {
     check_tracking(&p);
     let status = p.status();
     assert_eq!(status["watcher"]["mode"], "rescan_on_query");
-    assert_eq!(status["warnings"], serde_json::json!([]), "a chosen mode is no warning");
+    assert_eq!(
+        status["warnings"],
+        serde_json::json!([]),
+        "a chosen mode is no warning"
+    );
 }
 
 fn check_tracking(p: &Project) {

@@ -15,6 +15,7 @@
 
 use crate::config::{CONFIG_FILES, Config, WatchMode};
 use crate::index::{Index, Listing, RepoPath};
+use crate::pytest::{Ctx, Pytest, PytestError};
 use crate::scan::{self, DirHook, Filter, Hashed, IGNORE_FILES};
 use crate::store::{Change, FileUpdate, Store};
 use crate::watch::{FsEvent, Watcher};
@@ -61,6 +62,12 @@ impl Reply {
 pub enum Query {
     Status,
     Changes { since: Option<String> },
+    BeginRun(tim_proto::BeginRunParams),
+    Select(tim_proto::SelectParams),
+    Record(tim_proto::RecordParams),
+    EndRun(tim_proto::EndRunParams),
+    Affected(tim_proto::AffectedParams),
+    Why(tim_proto::WhyParams),
 }
 
 pub type SubscriptionId = u64;
@@ -127,6 +134,7 @@ pub struct Core {
     filter: Filter,
     index: Index,
     store: Store,
+    pytest: Pytest,
     events: Sender<Event>,
     watcher: Option<Arc<Watcher>>,
     /// Why watching is degraded; `Some` means "rescan on every query".
@@ -171,6 +179,15 @@ impl Core {
         warnings: Vec<String>,
     ) -> Result<Core, scan::ScanError> {
         let filter = Filter::new(&layout.root, &config.exclude)?;
+        let mut warnings = warnings;
+        let pytest = Pytest::load(&store).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load test records; every test counts as new");
+            warnings.push(format!(
+                "the test records in {} could not be read ({e}); every test counts as new until recorded again",
+                layout.db().display()
+            ));
+            Pytest::default()
+        });
         Ok(Core {
             identity,
             layout,
@@ -178,6 +195,7 @@ impl Core {
             filter,
             index: Index::default(),
             store,
+            pytest,
             events,
             watcher: None,
             watch_problem: None,
@@ -550,14 +568,19 @@ impl Core {
 
     fn answer(&mut self, query: Query) -> Reply {
         let response = match query {
-            Query::Status => self.status(),
-            Query::Changes { since } => self.changes(since),
+            Query::Status => self.status().map_err(PytestError::from),
+            Query::Changes { since } => self.changes(since).map_err(PytestError::from),
+            other => self.pytest_query(other),
         };
         match response {
             Ok(response) => Reply {
                 response,
                 warnings: self.current_warnings(),
             },
+            Err(PytestError::UnknownRun(run)) => Reply::plain(Response::Error(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                PytestError::UnknownRun(run).to_string(),
+            ))),
             Err(e) => {
                 tracing::error!(error = %e, "query failed");
                 Reply::plain(Response::Error(ErrorReply::new(
@@ -569,6 +592,37 @@ impl Core {
                 )))
             }
         }
+    }
+
+    fn pytest_query(&mut self, query: Query) -> Result<Response, PytestError> {
+        let mut ctx = Ctx {
+            index: &self.index,
+            filter: &self.filter,
+            store: &mut self.store,
+            clock: String::new(),
+        };
+        ctx.clock = format!("tim:{}:{}", ctx.store.instance(), ctx.store.seq());
+        Ok(match query {
+            Query::Status | Query::Changes { .. } => unreachable!("answered by the core"),
+            Query::BeginRun(params) => {
+                let run_id = self.pytest.begin_run(&mut ctx, params)?;
+                Response::RunStarted(tim_proto::RunStarted {
+                    run_id,
+                    clock: ctx.clock,
+                })
+            }
+            Query::Select(params) => Response::Selection(self.pytest.select(&ctx, params)?),
+            Query::Record(params) => {
+                self.pytest.record(&mut ctx, params)?;
+                Response::Ok(OkReply {})
+            }
+            Query::EndRun(params) => {
+                self.pytest.end_run(&mut ctx, params)?;
+                Response::Ok(OkReply {})
+            }
+            Query::Affected(params) => Response::Affected(self.pytest.affected(&mut ctx, params)),
+            Query::Why(params) => Response::Why(self.pytest.why(&mut ctx, params)),
+        })
     }
 
     fn status(&self) -> Result<Response, crate::store::StoreError> {

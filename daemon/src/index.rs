@@ -67,8 +67,29 @@ impl fmt::Display for RepoPath {
 }
 
 /// A blake3 digest of a file's content.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    pub fn of(bytes: &[u8]) -> ContentHash {
+        ContentHash(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(text: &str) -> Option<ContentHash> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(ContentHash(out))
+    }
+}
 
 impl fmt::Debug for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +177,19 @@ impl Index {
                 .iter()
                 .map(move |(name, meta)| (dir.join(name), meta))
         })
+    }
+
+    /// The names of a directory's tracked files and subdirectories, sorted.
+    pub fn dir_entries(&self, dir: &RepoPath) -> Option<Vec<&str>> {
+        let entries = self.dirs.get(dir)?;
+        let mut names: Vec<&str> = entries
+            .files
+            .keys()
+            .chain(entries.subdirs.iter())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        Some(names)
     }
 
     /// Known directories at or below `dir`.

@@ -13,8 +13,12 @@
 
 pub mod config;
 pub mod core;
+pub mod impact;
+pub mod imports;
 pub mod index;
+pub mod pyenv;
 pub mod pyparse;
+pub mod pytest;
 pub mod scan;
 pub mod server;
 pub mod store;

@@ -119,7 +119,13 @@ pub fn parse(src: &[u8]) -> ParsedModule {
     };
     let last_line = root.end_position().row as u32 + 1;
     let mut module = Acc::new(1, last_line);
-    walker.walk(root, &Scope::Module { prefix: String::new() }, &mut module);
+    walker.walk(
+        root,
+        &Scope::Module {
+            prefix: String::new(),
+        },
+        &mut module,
+    );
     let mut blocks = vec![Block {
         name: MODULE_BLOCK.to_owned(),
         hash: ContentHash(*module.hasher.finalize().as_bytes()),
@@ -275,8 +281,9 @@ impl<'s> Walker<'s> {
 
     fn import(&mut self, node: Node) {
         let src = self.src;
-        let dotted =
-            |n: Node| String::from_utf8_lossy(&src[n.byte_range()]).replace(char::is_whitespace, "");
+        let dotted = |n: Node| {
+            String::from_utf8_lossy(&src[n.byte_range()]).replace(char::is_whitespace, "")
+        };
         match node.kind() {
             "import_statement" => {
                 let mut cursor = node.walk();
@@ -340,7 +347,11 @@ mod tests {
     fn hashes(src: &str) -> BTreeMap<String, ContentHash> {
         let parsed = parse(src.as_bytes());
         assert_eq!(parsed.syntax_error, None, "{src}");
-        parsed.blocks.into_iter().map(|b| (b.name, b.hash)).collect()
+        parsed
+            .blocks
+            .into_iter()
+            .map(|b| (b.name, b.hash))
+            .collect()
     }
 
     /// Which blocks differ between two versions of a file.
@@ -410,16 +421,51 @@ def top(x=1):
         let cases: &[(&str, &str, &str, &[&str])] = &[
             ("method body", "return None", "return []", &["Parser.parse"]),
             ("nested function", "return fn", "return None", &["retry"]),
-            ("comprehension", "[c for c in self.text]", "[c for c in self.text if c]", &["Parser.parse"]),
+            (
+                "comprehension",
+                "[c for c in self.text]",
+                "[c for c in self.text if c]",
+                &["Parser.parse"],
+            ),
             ("module constant", "LIMIT = 10", "LIMIT = 11", &["<module>"]),
-            ("class attribute", "mode = \"strict\"", "mode = \"lax\"", &["<module>"]),
+            (
+                "class attribute",
+                "mode = \"strict\"",
+                "mode = \"lax\"",
+                &["<module>"],
+            ),
             ("default argument", "limit=LIMIT", "limit=5", &["<module>"]),
-            ("decorator argument", "@retry(3)", "@retry(4)", &["<module>"]),
-            ("lambda default in a body", "x=1):\n    return lambda: x", "x=1):\n    return lambda: x + 1", &["top"]),
-            ("nested class method", "return 1", "return 2", &["Parser.Inner.method"]),
+            (
+                "decorator argument",
+                "@retry(3)",
+                "@retry(4)",
+                &["<module>"],
+            ),
+            (
+                "lambda default in a body",
+                "x=1):\n    return lambda: x",
+                "x=1):\n    return lambda: x + 1",
+                &["top"],
+            ),
+            (
+                "nested class method",
+                "return 1",
+                "return 2",
+                &["Parser.Inner.method"],
+            ),
             ("comment only", "# a comment", "# another comment", &[]),
-            ("blank lines and spacing", "LIMIT = 10\n", "LIMIT  =  10\n\n\n", &[]),
-            ("docstring", "\"\"\"Parses.\"\"\"", "\"\"\"Parses text.\"\"\"", &["<module>"]),
+            (
+                "blank lines and spacing",
+                "LIMIT = 10\n",
+                "LIMIT  =  10\n\n\n",
+                &[],
+            ),
+            (
+                "docstring",
+                "\"\"\"Parses.\"\"\"",
+                "\"\"\"Parses text.\"\"\"",
+                &["<module>"],
+            ),
             ("import", "import os", "import sys", &["<module>"]),
             (
                 "indentation moving a statement",
@@ -427,8 +473,18 @@ def top(x=1):
                 "            return [c for c in self.text]\n            return None",
                 &["Parser.parse"],
             ),
-            ("delete a method", "    def __init__(self, text, limit=LIMIT):\n        self.text = text\n", "", &["<module>", "Parser.__init__"]),
-            ("add a function", "def top(x=1):", "def added():\n    pass\n\ndef top(x=1):", &["<module>", "added"]),
+            (
+                "delete a method",
+                "    def __init__(self, text, limit=LIMIT):\n        self.text = text\n",
+                "",
+                &["<module>", "Parser.__init__"],
+            ),
+            (
+                "add a function",
+                "def top(x=1):",
+                "def added():\n    pass\n\ndef top(x=1):",
+                &["<module>", "added"],
+            ),
         ];
         for (what, from, to, expected) in cases {
             assert!(BASE.contains(from), "{what}: pattern not in BASE");

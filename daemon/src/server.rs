@@ -158,7 +158,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Err(e) => {
                 let message = match e.code() {
                     ErrorCode::UnknownRequest => format!(
-                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown",
+                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why",
                         server.identity.daemon_version
                     ),
                     _ => e.to_string(),
@@ -216,23 +216,9 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
         }
         match request {
             Request::Hello(_) => unreachable!("handled above"),
-            Request::Status(_) => {
-                let reply = ask(&server, |reply| Event::Query {
-                    query: Query::Status,
-                    reply,
-                })
-                .await;
-                send(writer, &frame(id, reply)).await?;
-            }
-            Request::Changes(params) => {
-                let reply = ask(&server, |reply| Event::Query {
-                    query: Query::Changes {
-                        since: params.since,
-                    },
-                    reply,
-                })
-                .await;
-                send(writer, &frame(id, reply)).await?;
+            Request::Status(_) => query(&server, writer, id, Query::Status).await?,
+            Request::Changes(p) => {
+                query(&server, writer, id, Query::Changes { since: p.since }).await?
             }
             Request::Shutdown(params) => {
                 let reason = if params.reason.is_empty() {
@@ -253,8 +239,20 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Request::Subscribe(_) => {
                 return subscription(id, reader, writer, server).await;
             }
+            Request::BeginRun(p) => query(&server, writer, id, Query::BeginRun(p)).await?,
+            Request::Select(p) => query(&server, writer, id, Query::Select(p)).await?,
+            Request::Record(p) => query(&server, writer, id, Query::Record(p)).await?,
+            Request::EndRun(p) => query(&server, writer, id, Query::EndRun(p)).await?,
+            Request::Affected(p) => query(&server, writer, id, Query::Affected(p)).await?,
+            Request::Why(p) => query(&server, writer, id, Query::Why(p)).await?,
         }
     }
+}
+
+/// Forwards a query to the core and writes its answer.
+async fn query(server: &Server, writer: &Stream, id: u64, query: Query) -> io::Result<()> {
+    let reply = ask(server, |reply| Event::Query { query, reply }).await;
+    send(writer, &frame(id, reply)).await
 }
 
 /// Sends an event to the core and waits for its reply.

@@ -7,8 +7,11 @@
 //! "upgraded" backwards); a corrupt one is moved aside, never deleted, and a
 //! fresh one is built in its place.
 
+use crate::impact::Dep;
 use crate::index::{ContentHash, FileMeta, RepoPath, Stat};
+use crate::pyenv::{Dist, Snapshot};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -401,6 +404,212 @@ impl Store {
             .optional()?)
     }
 
+    /// The clock at which `path`'s content last changed (or it appeared or
+    /// vanished); `None` for a path never seen.
+    pub fn file_changed_seq(&self, path: &RepoPath) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT changed_seq FROM file WHERE path = ?1")?
+            .query_row([path.as_str()], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    /// Stores an environment snapshot (deduplicated); returns its id.
+    pub fn intern_env(&mut self, env: &Snapshot) -> Result<i64, StoreError> {
+        let data = encode_env(env).to_string();
+        intern(&self.conn, "env", &data)
+    }
+
+    pub fn load_envs(&self) -> Result<Vec<(i64, Snapshot)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, data FROM env")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row?;
+            if let Some(env) = serde_json::from_str(&data)
+                .ok()
+                .and_then(|v| decode_env(&v))
+            {
+                out.push((id, env));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every dependency set still referenced by a test or a collection.
+    pub fn load_depsets(&self) -> Result<Vec<(i64, Vec<Dep>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, data FROM depset WHERE id IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection)",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row?;
+            // An unreadable set decodes as None and its tests count as
+            // unrecorded: they run.
+            if let Some(deps) = serde_json::from_str(&data)
+                .ok()
+                .and_then(|v| decode_deps(&v))
+            {
+                out.push((id, deps));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn load_tests(&self) -> Result<Vec<TestRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id FROM test",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TestRow {
+                node_id: r.get(0)?,
+                file: RepoPath::new(r.get::<_, String>(1)?),
+                outcome: r.get(2)?,
+                durations: [r.get(3)?, r.get(4)?, r.get(5)?],
+                depset: r.get(6)?,
+                env: r.get(7)?,
+                run: r.get::<_, i64>(8)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn load_collections(&self) -> Result<Vec<CollectionRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file, depset_id, env_id, run_id FROM collection")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CollectionRow {
+                file: RepoPath::new(r.get::<_, String>(0)?),
+                depset: r.get(1)?,
+                env: r.get(2)?,
+                run: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records the start of a test run at the current clock.
+    pub fn begin_run(&mut self, command: &str, mode: &str, env: i64) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO run (started_at_ms, clock_seq, command, mode, env_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms() as i64, self.seq as i64, command, mode, env],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub fn end_run(&mut self, run: u64, exit_status: i32) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE run SET finished_at_ms = ?2, exit_status = ?3 WHERE id = ?1",
+            params![run as i64, now_ms() as i64, exit_status],
+        )?;
+        Ok(())
+    }
+
+    /// The clock at which a run started.
+    pub fn run_clock(&self, run: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT clock_seq FROM run WHERE id = ?1",
+                [run as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    /// Stores a batch of results in one transaction: each test's latest
+    /// record, its history row, and the collection records. Dependency sets
+    /// are interned; returns their ids in input order (tests, then
+    /// collections).
+    pub fn record(
+        &mut self,
+        run: u64,
+        env: i64,
+        tests: &[NewTest<'_>],
+        collections: &[(RepoPath, &[Dep])],
+    ) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut test_sets = Vec::with_capacity(tests.len());
+        let mut collection_sets = Vec::with_capacity(collections.len());
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO test (node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (node_id) DO UPDATE SET file = excluded.file, outcome = excluded.outcome,
+                   setup_s = excluded.setup_s, call_s = excluded.call_s, teardown_s = excluded.teardown_s,
+                   depset_id = excluded.depset_id, env_id = excluded.env_id, run_id = excluded.run_id",
+            )?;
+            let mut history = tx.prepare_cached(
+                "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for t in tests {
+                let set = intern(&tx, "depset", &encode_deps(t.deps).to_string())?;
+                upsert.execute(params![
+                    t.node_id,
+                    t.file.as_str(),
+                    t.outcome,
+                    t.durations[0],
+                    t.durations[1],
+                    t.durations[2],
+                    set,
+                    env,
+                    run as i64
+                ])?;
+                history.execute(params![
+                    run as i64,
+                    t.node_id,
+                    t.outcome,
+                    t.durations[0],
+                    t.durations[1],
+                    t.durations[2]
+                ])?;
+                test_sets.push(set);
+            }
+            let mut collection = tx.prepare_cached(
+                "INSERT INTO collection (file, depset_id, env_id, run_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (file) DO UPDATE SET depset_id = excluded.depset_id,
+                   env_id = excluded.env_id, run_id = excluded.run_id",
+            )?;
+            for (file, deps) in collections {
+                let set = intern(&tx, "depset", &encode_deps(deps).to_string())?;
+                collection.execute(params![file.as_str(), set, env, run as i64])?;
+                collection_sets.push(set);
+            }
+        }
+        tx.commit()?;
+        Ok((test_sets, collection_sets))
+    }
+
+    /// Forgets tests that no longer exist (and collection records of test
+    /// files that are gone).
+    pub fn forget(&mut self, tests: &[String], files: &[RepoPath]) -> Result<(), StoreError> {
+        if tests.is_empty() && files.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM test WHERE node_id = ?1")?;
+            for t in tests {
+                del.execute([t])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM collection WHERE file = ?1")?;
+            for f in files {
+                del.execute([f.as_str()])?;
+            }
+            tx.execute(
+                "DELETE FROM depset WHERE id NOT IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection)",
+                [],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Folds the write-ahead log into the database file, so that copying
     /// `tim.db` alone carries all the data, and closes the connection.
     pub fn close(self) -> Result<(), StoreError> {
@@ -408,6 +617,163 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
     }
+}
+
+/// A test's latest record as stored.
+#[derive(Clone, Debug)]
+pub struct TestRow {
+    pub node_id: String,
+    pub file: RepoPath,
+    pub outcome: String,
+    /// setup, call, teardown seconds.
+    pub durations: [f64; 3],
+    pub depset: i64,
+    pub env: i64,
+    pub run: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct CollectionRow {
+    pub file: RepoPath,
+    pub depset: i64,
+    pub env: i64,
+    pub run: u64,
+}
+
+/// A result to record.
+pub struct NewTest<'a> {
+    pub node_id: &'a str,
+    pub file: &'a RepoPath,
+    pub outcome: &'a str,
+    pub durations: [f64; 3],
+    pub deps: &'a [Dep],
+}
+
+/// Inserts `data` into `table` (`env` or `depset`) unless present; its id.
+fn intern(conn: &Connection, table: &str, data: &str) -> Result<i64, StoreError> {
+    let digest = blake3::hash(data.as_bytes());
+    let digest = &digest.as_bytes()[..16];
+    conn.prepare_cached(&format!(
+        "INSERT INTO {table} (digest, data) VALUES (?1, ?2) ON CONFLICT (digest) DO NOTHING"
+    ))?
+    .execute(params![digest, data])?;
+    Ok(conn
+        .prepare_cached(&format!("SELECT id FROM {table} WHERE digest = ?1"))?
+        .query_row([digest], |r| r.get(0))?)
+}
+
+fn hex(hash: &Option<ContentHash>) -> Value {
+    hash.map_or(Value::Null, |h| Value::String(h.to_hex()))
+}
+
+fn unhex(value: &Value) -> Option<Option<ContentHash>> {
+    match value {
+        Value::Null => Some(None),
+        Value::String(s) => ContentHash::from_hex(s).map(Some),
+        _ => None,
+    }
+}
+
+/// Dependency sets are stored as JSON arrays of short tagged arrays:
+/// `["c", file, file_hash, block, hash]`, `["f", path, hash]`,
+/// `["d", path, hash]`, `["x", module]`. Readable with `sqlite3` when
+/// debugging; compact enough.
+fn encode_deps(deps: &[Dep]) -> Value {
+    Value::Array(
+        deps.iter()
+            .map(|d| match d {
+                Dep::Code {
+                    file,
+                    file_hash,
+                    block,
+                    hash,
+                } => json!(["c", file.as_str(), hex(file_hash), block, hex(hash)]),
+                Dep::File { path, hash } => json!(["f", path.as_str(), hex(hash)]),
+                Dep::Dir { path, hash } => json!(["d", path.as_str(), hex(hash)]),
+                Dep::External { module } => json!(["x", module]),
+            })
+            .collect(),
+    )
+}
+
+fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
+    let mut out = Vec::new();
+    for item in value.as_array()? {
+        let a = item.as_array()?;
+        let text = |i: usize| a.get(i).and_then(Value::as_str).map(str::to_owned);
+        out.push(match a.first()?.as_str()? {
+            "c" => Dep::Code {
+                file: RepoPath::new(text(1)?),
+                file_hash: unhex(a.get(2)?)?,
+                block: text(3),
+                hash: unhex(a.get(4)?)?,
+            },
+            "f" => Dep::File {
+                path: RepoPath::new(text(1)?),
+                hash: unhex(a.get(2)?)?,
+            },
+            "d" => Dep::Dir {
+                path: RepoPath::new(text(1)?),
+                hash: unhex(a.get(2)?)?,
+            },
+            "x" => Dep::External { module: text(1)? },
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+fn encode_env(env: &Snapshot) -> Value {
+    let dists: serde_json::Map<String, Value> = env
+        .dists
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                json!({"version": d.version, "top_level": d.top_level, "requires": d.requires, "affects_all": d.affects_all}),
+            )
+        })
+        .collect();
+    json!({
+        "python": env.python, "version": env.version, "implementation": env.implementation,
+        "site_dirs": env.site_dirs, "root_paths": env.root_paths, "dists": dists,
+    })
+}
+
+fn decode_env(value: &Value) -> Option<Snapshot> {
+    let strings = |v: &Value| -> Option<Vec<String>> {
+        v.as_array()?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let text = |k: &str| {
+        value
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut dists = std::collections::BTreeMap::new();
+    for (name, d) in value.get("dists")?.as_object()? {
+        dists.insert(
+            name.clone(),
+            Dist {
+                version: d.get("version")?.as_str()?.to_owned(),
+                top_level: strings(d.get("top_level")?)?,
+                requires: strings(d.get("requires")?)?,
+                affects_all: d.get("affects_all")?.as_bool()?,
+            },
+        );
+    }
+    Some(Snapshot {
+        python: text("python"),
+        version: text("version"),
+        implementation: text("implementation"),
+        site_dirs: strings(value.get("site_dirs")?)?,
+        root_paths: strings(value.get("root_paths")?)?,
+        dists,
+    })
 }
 
 fn new_instance_id() -> String {
@@ -530,6 +896,86 @@ mod tests {
             .map(|(p, _)| p.to_string())
             .collect();
         assert_eq!(live, ["a.py"]);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(&dir.path().join("tim.db")).unwrap();
+        let mut env = Snapshot {
+            python: "/v/bin/python".into(),
+            version: "3.11.7".into(),
+            ..Snapshot::default()
+        };
+        env.dists.insert(
+            "attrs".into(),
+            Dist {
+                version: "23.1".into(),
+                top_level: vec!["attr".into()],
+                requires: vec![],
+                affects_all: false,
+            },
+        );
+        let env_id = store.intern_env(&env).unwrap();
+        assert_eq!(store.intern_env(&env).unwrap(), env_id, "deduplicated");
+        let run = store.begin_run("pytest", "all", env_id).unwrap();
+        let deps = vec![
+            Dep::Code {
+                file: RepoPath::new("m.py"),
+                file_hash: Some(ContentHash([1; 32])),
+                block: Some("f".into()),
+                hash: None,
+            },
+            Dep::File {
+                path: RepoPath::new("d.json"),
+                hash: Some(ContentHash([2; 32])),
+            },
+            Dep::Dir {
+                path: RepoPath::new("cases"),
+                hash: None,
+            },
+            Dep::External {
+                module: "attr".into(),
+            },
+        ];
+        let file = RepoPath::new("tests/test_m.py");
+        let tests = [
+            NewTest {
+                node_id: "tests/test_m.py::test_a",
+                file: &file,
+                outcome: "passed",
+                durations: [0.1, 0.2, 0.3],
+                deps: &deps,
+            },
+            NewTest {
+                node_id: "tests/test_m.py::test_b",
+                file: &file,
+                outcome: "failed",
+                durations: [0.0, 1.0, 0.0],
+                deps: &deps,
+            },
+        ];
+        let (sets, _) = store
+            .record(run, env_id, &tests, &[(file.clone(), &deps[..1])])
+            .unwrap();
+        assert_eq!(sets[0], sets[1], "identical sets are stored once");
+        store.end_run(run, 1).unwrap();
+        let loaded = store.load_tests().unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(store.load_envs().unwrap(), vec![(env_id, env)]);
+        let sets = store.load_depsets().unwrap();
+        assert_eq!(sets.len(), 2);
+        assert!(sets.iter().any(|(_, d)| *d == deps));
+        assert_eq!(store.load_collections().unwrap().len(), 1);
+        store
+            .forget(&["tests/test_m.py::test_a".into()], &[file.clone()])
+            .unwrap();
+        assert_eq!(store.load_tests().unwrap().len(), 1);
+        assert_eq!(
+            store.load_depsets().unwrap().len(),
+            1,
+            "unreferenced sets are dropped"
+        );
     }
 
     #[test]

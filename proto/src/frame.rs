@@ -99,6 +99,12 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::Changes(x) => data(x),
         Request::Subscribe(x) => data(x),
         Request::Shutdown(x) => data(x),
+        Request::BeginRun(x) => data(x),
+        Request::Select(x) => data(x),
+        Request::Record(x) => data(x),
+        Request::EndRun(x) => data(x),
+        Request::Affected(x) => data(x),
+        Request::Why(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -118,6 +124,12 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "changes" => Request::Changes(parse(env)?),
         "subscribe" => Request::Subscribe(parse(env)?),
         "shutdown" => Request::Shutdown(parse(env)?),
+        "begin_run" => Request::BeginRun(parse(env)?),
+        "select" => Request::Select(parse(env)?),
+        "record" => Request::Record(parse(env)?),
+        "end_run" => Request::EndRun(parse(env)?),
+        "affected" => Request::Affected(parse(env)?),
+        "why" => Request::Why(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",
@@ -142,6 +154,10 @@ pub fn encode_response(frame: &ResponseFrame) -> Vec<u8> {
         Response::FilesChanged(x) => data(x),
         Response::Ok(x) => data(x),
         Response::Error(x) => data(x),
+        Response::RunStarted(x) => data(x),
+        Response::Selection(x) => data(x),
+        Response::Affected(x) => data(x),
+        Response::Why(x) => data(x),
     };
     to_line(&Envelope {
         id: frame.id,
@@ -164,6 +180,10 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
         "files_changed" => Response::FilesChanged(parse(env)?),
         "ok" => Response::Ok(parse(env)?),
         "error" => Response::Error(parse(env)?),
+        "run_started" => Response::RunStarted(parse(env)?),
+        "selection" => Response::Selection(parse(env)?),
+        "affected" => Response::Affected(parse(env)?),
+        "why" => Response::Why(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "response",

@@ -11,7 +11,17 @@ use serde::{Deserialize, Serialize};
 
 /// Capabilities a daemon of this build offers, by name. A client checks for
 /// a name before it relies on a request that came after protocol 1.0.
-pub const DAEMON_CAPABILITIES: &[&str] = &["status", "changes", "subscribe", "shutdown"];
+pub const DAEMON_CAPABILITIES: &[&str] = &[
+    "status",
+    "changes",
+    "subscribe",
+    "shutdown",
+    // Protocol 1.1: test runs, selection and recording.
+    "runs",
+    "selection",
+    "affected",
+    "why",
+];
 
 /// A request from a client, with the id its response will carry.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +45,19 @@ pub enum Request {
     /// connection only once it has released its lock, so "connection closed"
     /// means "a new daemon may start now".
     Shutdown(ShutdownParams),
+    /// 1.1: starts recording a test run; answers `run_started`.
+    BeginRun(BeginRunParams),
+    /// 1.1: which of the collected tests the run must execute; answers
+    /// `selection`. Every process of a run gets the same answer.
+    Select(SelectParams),
+    /// 1.1: results and dependencies of finished tests; answers `ok`.
+    Record(RecordParams),
+    /// 1.1: the run is over; answers `ok`.
+    EndRun(EndRunParams),
+    /// 1.1: which known tests are affected, and which files to collect.
+    Affected(AffectedParams),
+    /// 1.1: what one test depends on and why it is or is not affected.
+    Why(WhyParams),
 }
 
 impl Request {
@@ -45,6 +68,12 @@ impl Request {
             Request::Changes(_) => "changes",
             Request::Subscribe(_) => "subscribe",
             Request::Shutdown(_) => "shutdown",
+            Request::BeginRun(_) => "begin_run",
+            Request::Select(_) => "select",
+            Request::Record(_) => "record",
+            Request::EndRun(_) => "end_run",
+            Request::Affected(_) => "affected",
+            Request::Why(_) => "why",
         }
     }
 }
@@ -99,6 +128,10 @@ pub enum Response {
     FilesChanged(FilesChanged),
     Ok(OkReply),
     Error(ErrorReply),
+    RunStarted(RunStarted),
+    Selection(Selection),
+    Affected(AffectedReply),
+    Why(WhyReply),
 }
 
 impl Response {
@@ -111,6 +144,10 @@ impl Response {
             Response::FilesChanged(_) => "files_changed",
             Response::Ok(_) => "ok",
             Response::Error(_) => "error",
+            Response::RunStarted(_) => "run_started",
+            Response::Selection(_) => "selection",
+            Response::Affected(_) => "affected",
+            Response::Why(_) => "why",
         }
     }
 }
@@ -255,6 +292,226 @@ impl ErrorReply {
             message: message.into(),
         }
     }
+}
+
+/// The Python interpreter a run uses, as the plugin sees it. The daemon
+/// lists the distributions in `site_dirs` itself, so it notices an
+/// installed, upgraded or removed package without starting Python.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    /// Real path of the interpreter.
+    pub python: String,
+    /// `3.11.7`.
+    pub version: String,
+    #[serde(default)]
+    pub implementation: String,
+    /// `sys.path` entries outside the root (where distributions live).
+    #[serde(default)]
+    pub site_dirs: Vec<String>,
+    /// `sys.path` entries inside the root, root-relative (`""`, `src`):
+    /// where imports are resolved.
+    #[serde(default)]
+    pub root_paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BeginRunParams {
+    /// The command line, for history and messages.
+    pub command: String,
+    /// `affected` (select) or `all` (run and record everything).
+    pub mode: RunMode,
+    pub environment: Environment,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    Affected,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub run_id: u64,
+    pub clock: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectedTest {
+    /// The pytest node id.
+    pub id: String,
+    /// The test's file, root-relative.
+    pub file: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelectParams {
+    pub run_id: u64,
+    pub tests: Vec<CollectedTest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Ids to run; every other collected test is deselected.
+    pub run: Vec<String>,
+}
+
+/// What a test (or a test file's collection) depended on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deps {
+    /// Root-relative Python file → `__qualname__`s of the code objects that
+    /// ran (`<module>`, `Parser.parse`, `f.<locals>.g`, ...).
+    #[serde(default)]
+    pub code: std::collections::BTreeMap<String, Vec<String>>,
+    /// Root-relative non-Python files read.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Root-relative directories listed.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+    Xfailed,
+    Xpassed,
+}
+
+impl Outcome {
+    /// Whether the test must run again regardless of changes.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Error | Outcome::Xpassed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
+            Outcome::Xfailed => "xfailed",
+            Outcome::Xpassed => "xpassed",
+        }
+    }
+}
+
+/// Seconds per phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Durations {
+    #[serde(default)]
+    pub setup: f64,
+    #[serde(default)]
+    pub call: f64,
+    #[serde(default)]
+    pub teardown: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub id: String,
+    pub file: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub durations: Durations,
+    #[serde(default)]
+    pub deps: Deps,
+}
+
+/// What importing (collecting) one test file depended on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectionResult {
+    pub file: String,
+    #[serde(default)]
+    pub deps: Deps,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordParams {
+    pub run_id: u64,
+    #[serde(default)]
+    pub tests: Vec<TestResult>,
+    #[serde(default)]
+    pub collection: Vec<CollectionResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndRunParams {
+    pub run_id: u64,
+    /// pytest's exit status.
+    pub exit_status: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AffectedParams {
+    /// The interpreter the next run will use, if the client knows it; a
+    /// different one from the last run's affects everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffectedTest {
+    pub id: String,
+    /// One line each, e.g. `changed: pkg/mod.py::Parser.parse`.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectFile {
+    pub file: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AffectedReply {
+    pub tests: Vec<AffectedTest>,
+    /// Known tests in all.
+    pub total: u64,
+    /// Test files pytest must collect: those holding affected tests, and
+    /// those that must be collected again (new, or their collection inputs
+    /// changed) because they may hold new tests.
+    pub collect: Vec<CollectFile>,
+    /// Set when everything must run (no record yet, environment changed):
+    /// the one-line reason. `collect` is then empty: collect everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_all: Option<String>,
+    pub clock: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WhyParams {
+    pub test: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhyDep {
+    /// `code`, `file`, `dir`, `environment`.
+    pub kind: String,
+    /// `pkg/mod.py::Parser.parse`, `tests/data/case1.json`, ...
+    pub target: String,
+    /// `unchanged`, or what changed.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WhyReply {
+    pub id: String,
+    /// False when the test is unknown: it has never been recorded.
+    pub known: bool,
+    #[serde(default)]
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<u64>,
+    pub affected: bool,
+    pub reasons: Vec<String>,
+    pub deps: Vec<WhyDep>,
 }
 
 /// The one line `timd --notify-ready` prints on its standard output when it

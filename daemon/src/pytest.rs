@@ -1,0 +1,952 @@
+//! The pytest adapter: runs, selection, recording and explanations.
+//!
+//! It turns what the plugin reports (code objects by file and qualname,
+//! files read, directories listed) into dependency sets with the hashes of
+//! the blocks as they are on disk, adds what a test can observe without
+//! running it (the module-level code of everything its file imports, the
+//! conftest files above it, pytest's configuration, outside modules), keeps
+//! the latest record of every test, and answers which tests are affected.
+//!
+//! Owned by the core (one thread); it reads the index and writes the store
+//! through the [`Ctx`] the core lends it for each request.
+
+use crate::impact::{Dep, Evaluator, Reason, Tree};
+use crate::imports::{Files, ImportGraph, Resolver};
+use crate::index::{ContentHash, Index, RepoPath};
+use crate::pyenv::{self, EnvChange, Snapshot};
+use crate::pyparse::{self, MODULE_BLOCK, ParsedModule};
+use crate::scan::Filter;
+use crate::store::{NewTest, Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use tim_proto::{
+    AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
+    Outcome, RecordParams, RunMode, SelectParams, Selection, WhyDep, WhyParams, WhyReply,
+};
+
+/// pytest configuration files whose change can alter any test.
+const CONFIG_FILES: &[&str] = &[
+    "pytest.ini",
+    ".pytest.ini",
+    "pyproject.toml",
+    "setup.cfg",
+    "tox.ini",
+];
+
+/// What the core lends the adapter for one request.
+pub struct Ctx<'a> {
+    pub index: &'a Index,
+    pub filter: &'a Filter,
+    pub store: &'a mut Store,
+    /// The current clock, for answers.
+    pub clock: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PytestError {
+    #[error(
+        "unknown run {0}; start one with begin_run (the daemon may have restarted: run the tests again)"
+    )]
+    UnknownRun(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct TestRecord {
+    file: RepoPath,
+    outcome: Outcome,
+    deps: i64,
+    env: i64,
+    run: u64,
+}
+
+struct RunState {
+    clock: u64,
+    env: i64,
+    mode: RunMode,
+    /// Tests known to be unaffected when the run began: every process of
+    /// the run deselects exactly these, whatever is recorded meanwhile.
+    unaffected: HashSet<String>,
+}
+
+#[derive(Default)]
+pub struct Pytest {
+    tests: BTreeMap<String, TestRecord>,
+    /// Test file → dependency set of its collection.
+    collections: BTreeMap<RepoPath, (i64, i64)>,
+    depsets: HashMap<i64, Arc<Vec<Dep>>>,
+    envs: HashMap<i64, Arc<Snapshot>>,
+    latest_env: Option<i64>,
+    runs: HashMap<u64, RunState>,
+    parsed: HashMap<ContentHash, Arc<ParsedModule>>,
+    graph: ImportGraph,
+    graph_hashes: HashMap<RepoPath, ContentHash>,
+}
+
+/// The tree as the index (and, for untracked paths, the disk) shows it.
+struct Current<'a> {
+    index: &'a Index,
+    filter: &'a Filter,
+    parsed: &'a mut HashMap<ContentHash, Arc<ParsedModule>>,
+}
+
+impl Tree for Current<'_> {
+    fn file_hash(&self, path: &RepoPath) -> Option<ContentHash> {
+        if let Some(meta) = self.index.get(path) {
+            return Some(meta.hash);
+        }
+        // Not tracked (ignored, or outside the watcher's view): read it.
+        std::fs::read(self.filter.abs(path))
+            .ok()
+            .map(|bytes| ContentHash::of(&bytes))
+    }
+
+    fn parsed(&mut self, path: &RepoPath) -> Option<Arc<ParsedModule>> {
+        if let Some(meta) = self.index.get(path)
+            && let Some(parsed) = self.parsed.get(&meta.hash)
+        {
+            return Some(parsed.clone());
+        }
+        let bytes = std::fs::read(self.filter.abs(path)).ok()?;
+        let hash = ContentHash::of(&bytes);
+        let parsed = self
+            .parsed
+            .entry(hash)
+            .or_insert_with(|| Arc::new(pyparse::parse(&bytes)))
+            .clone();
+        Some(parsed)
+    }
+
+    fn dir_hash(&self, path: &RepoPath) -> Option<ContentHash> {
+        let names: Vec<String> = match self.index.dir_entries(path) {
+            Some(names) => names.into_iter().map(str::to_owned).collect(),
+            None => {
+                let mut names: Vec<String> = std::fs::read_dir(self.filter.abs(path))
+                    .ok()?
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect();
+                names.sort();
+                names
+            }
+        };
+        Some(ContentHash::of(names.join("\n").as_bytes()))
+    }
+}
+
+impl Files for Current<'_> {
+    fn is_file(&self, path: &RepoPath) -> bool {
+        self.index.get(path).is_some()
+    }
+    fn is_dir(&self, path: &RepoPath) -> bool {
+        self.index.has_dir(path)
+    }
+}
+
+/// `tests/test_a.py::TestK::test_m[1-2]` → `TestK.test_m`.
+fn test_qualname(node_id: &str) -> Option<String> {
+    let rest = node_id.split_once("::")?.1;
+    let rest = rest.split('[').next()?;
+    Some(rest.replace("::", "."))
+}
+
+/// `f.<locals>.g` → `f`; `<module>`, `<lambda>` and class bodies → the
+/// module block; a name the parse does not know → `None` (the whole file).
+fn block_for(qualname: &str, parsed: &ParsedModule) -> Option<String> {
+    let outer = qualname.split(".<locals>").next().unwrap_or(qualname);
+    if outer.starts_with('<') {
+        return Some(MODULE_BLOCK.to_owned());
+    }
+    if parsed.block(outer).is_some() {
+        return Some(outer.to_owned());
+    }
+    // A class body's code object is named like the class; its code is part
+    // of the module block.
+    let prefix = format!("{outer}.");
+    if parsed.blocks.iter().any(|b| b.name.starts_with(&prefix)) {
+        return Some(MODULE_BLOCK.to_owned());
+    }
+    None
+}
+
+fn is_test_file(path: &RepoPath) -> bool {
+    let name = path.split().map_or(path.as_str(), |(_, n)| n);
+    name.ends_with(".py") && (name.starts_with("test_") || name.ends_with("_test.py"))
+}
+
+impl Pytest {
+    /// Loads every record from the store.
+    pub fn load(store: &Store) -> Result<Pytest, StoreError> {
+        let mut me = Pytest::default();
+        for (id, env) in store.load_envs()? {
+            me.latest_env = Some(me.latest_env.map_or(id, |l: i64| l.max(id)));
+            me.envs.insert(id, Arc::new(env));
+        }
+        for (id, deps) in store.load_depsets()? {
+            me.depsets.insert(id, Arc::new(deps));
+        }
+        for row in store.load_tests()? {
+            let Some(outcome) = parse_outcome(&row.outcome) else {
+                continue;
+            };
+            me.tests.insert(
+                row.node_id,
+                TestRecord {
+                    file: row.file,
+                    outcome,
+                    deps: row.depset,
+                    env: row.env,
+                    run: row.run,
+                },
+            );
+        }
+        for row in store.load_collections()? {
+            me.collections.insert(row.file, (row.depset, row.env));
+        }
+        Ok(me)
+    }
+
+    pub fn known_tests(&self) -> usize {
+        self.tests.len()
+    }
+
+    fn current<'a>(&'a mut self, ctx: &'a Ctx<'_>) -> Current<'a> {
+        Current {
+            index: ctx.index,
+            filter: ctx.filter,
+            parsed: &mut self.parsed,
+        }
+    }
+
+    fn resolver(&self, env: Option<&Snapshot>) -> Resolver {
+        let mut roots: Vec<RepoPath> = env
+            .map(|e| {
+                e.root_paths
+                    .iter()
+                    .map(|p| RepoPath::new(p.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        roots.push(RepoPath::root());
+        roots.push(RepoPath::new("src"));
+        Resolver::new(roots)
+    }
+
+    // -- runs -------------------------------------------------------------
+
+    pub fn begin_run(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        params: BeginRunParams,
+    ) -> Result<u64, PytestError> {
+        let env = Snapshot {
+            dists: pyenv::scan(&params.environment.site_dirs),
+            python: params.environment.python,
+            version: params.environment.version,
+            implementation: params.environment.implementation,
+            site_dirs: params.environment.site_dirs,
+            root_paths: params.environment.root_paths,
+        };
+        let env_id = ctx.store.intern_env(&env)?;
+        let mode_name = match params.mode {
+            RunMode::Affected => "affected",
+            RunMode::All => "all",
+        };
+        let run = ctx.store.begin_run(&params.command, mode_name, env_id)?;
+        let env = Arc::new(env);
+        self.envs.insert(env_id, env.clone());
+        self.latest_env = Some(env_id);
+        let unaffected = match params.mode {
+            RunMode::All => HashSet::new(),
+            RunMode::Affected => {
+                let affected = self.evaluate(ctx, &env);
+                self.tests
+                    .keys()
+                    .filter(|id| !affected.contains_key(*id))
+                    .cloned()
+                    .collect()
+            }
+        };
+        tracing::info!(
+            run,
+            mode = mode_name,
+            unaffected = unaffected.len(),
+            known = self.tests.len(),
+            "run started"
+        );
+        self.runs.insert(
+            run,
+            RunState {
+                clock: ctx.store.seq(),
+                env: env_id,
+                mode: params.mode,
+                unaffected,
+            },
+        );
+        Ok(run)
+    }
+
+    fn run_state(&mut self, ctx: &Ctx<'_>, run: u64) -> Result<&RunState, PytestError> {
+        if !self.runs.contains_key(&run) {
+            // The daemon restarted during the run: records are still good
+            // (their hashes come from the disk), selection is not cached.
+            let clock = ctx
+                .store
+                .run_clock(run)?
+                .ok_or(PytestError::UnknownRun(run))?;
+            let env = self.latest_env.ok_or(PytestError::UnknownRun(run))?;
+            self.runs.insert(
+                run,
+                RunState {
+                    clock,
+                    env,
+                    mode: RunMode::All,
+                    unaffected: HashSet::new(),
+                },
+            );
+        }
+        Ok(&self.runs[&run])
+    }
+
+    pub fn select(
+        &mut self,
+        ctx: &Ctx<'_>,
+        params: SelectParams,
+    ) -> Result<Selection, PytestError> {
+        let state = self.run_state(ctx, params.run_id)?;
+        let run = match state.mode {
+            RunMode::All => params.tests.into_iter().map(|t| t.id).collect(),
+            RunMode::Affected => params
+                .tests
+                .into_iter()
+                .filter(|t| !state.unaffected.contains(&t.id))
+                .map(|t| t.id)
+                .collect(),
+        };
+        Ok(Selection { run })
+    }
+
+    pub fn end_run(&mut self, ctx: &mut Ctx<'_>, params: EndRunParams) -> Result<(), PytestError> {
+        ctx.store.end_run(params.run_id, params.exit_status)?;
+        self.runs.remove(&params.run_id);
+        Ok(())
+    }
+
+    // -- recording ----------------------------------------------------------
+
+    pub fn record(&mut self, ctx: &mut Ctx<'_>, params: RecordParams) -> Result<(), PytestError> {
+        let (clock, env_id) = {
+            let state = self.run_state(ctx, params.run_id)?;
+            (state.clock, state.env)
+        };
+        let env = self.envs.get(&env_id).cloned();
+        let resolver = self.resolver(env.as_deref());
+        let mut closures: HashMap<RepoPath, Arc<BTreeSet<Dep>>> = HashMap::new();
+        let mut tests = Vec::with_capacity(params.tests.len());
+        for result in &params.tests {
+            let deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &result.deps)?;
+            tests.push((result, RepoPath::new(result.file.clone()), deps));
+        }
+        let mut collections = Vec::with_capacity(params.collection.len());
+        for c in &params.collection {
+            let file = RepoPath::new(c.file.clone());
+            let mut deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &c.deps)?;
+            deps.extend(self.static_collection_deps(ctx, &resolver, &mut closures, &file));
+            collections.push((file, deps.into_iter().collect::<Vec<_>>()));
+        }
+        let rows: Vec<(Vec<Dep>, &tim_proto::TestResult, RepoPath)> = tests
+            .into_iter()
+            .map(|(r, f, d)| (d.into_iter().collect(), r, f))
+            .collect();
+        let new: Vec<NewTest<'_>> = rows
+            .iter()
+            .map(|(deps, r, file)| NewTest {
+                node_id: &r.id,
+                file,
+                outcome: r.outcome.as_str(),
+                durations: [r.durations.setup, r.durations.call, r.durations.teardown],
+                deps,
+            })
+            .collect();
+        let collection_refs: Vec<(RepoPath, &[Dep])> = collections
+            .iter()
+            .map(|(f, d)| (f.clone(), d.as_slice()))
+            .collect();
+        let (test_sets, collection_sets) =
+            ctx.store
+                .record(params.run_id, env_id, &new, &collection_refs)?;
+        for ((deps, r, file), set) in rows.into_iter().zip(test_sets) {
+            self.depsets.entry(set).or_insert_with(|| Arc::new(deps));
+            self.tests.insert(
+                r.id.clone(),
+                TestRecord {
+                    file,
+                    outcome: r.outcome,
+                    deps: set,
+                    env: env_id,
+                    run: params.run_id,
+                },
+            );
+        }
+        for ((file, deps), set) in collections.into_iter().zip(collection_sets) {
+            self.depsets.entry(set).or_insert_with(|| Arc::new(deps));
+            self.collections.insert(file, (set, env_id));
+        }
+        Ok(())
+    }
+
+    /// Plugin-reported dependencies → dependencies with recorded hashes.
+    fn resolve_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        resolver: &Resolver,
+        closures: &mut HashMap<RepoPath, Arc<BTreeSet<Dep>>>,
+        run_clock: u64,
+        deps: &Deps,
+    ) -> Result<BTreeSet<Dep>, PytestError> {
+        let mut out = BTreeSet::new();
+        for (file, qualnames) in &deps.code {
+            let path = RepoPath::new(file.clone());
+            // A file that changed after the run began may have run in its
+            // old or its new form: record "unknown", which stays affected.
+            let edited = ctx
+                .store
+                .file_changed_seq(&path)?
+                .is_none_or(|seq| seq > run_clock);
+            let mut tree = self.current(ctx);
+            let file_hash = if edited { None } else { tree.file_hash(&path) };
+            let parsed = tree.parsed(&path);
+            let mut blocks: BTreeSet<Option<String>> = BTreeSet::new();
+            blocks.insert(Some(MODULE_BLOCK.to_owned()));
+            for q in qualnames {
+                blocks.insert(parsed.as_ref().and_then(|p| block_for(q, p)));
+            }
+            for block in blocks {
+                let hash = match (&block, &parsed) {
+                    (Some(name), Some(p)) => p.block(name).map(|b| b.hash),
+                    _ => None,
+                };
+                out.insert(Dep::Code {
+                    file: path.clone(),
+                    file_hash,
+                    block,
+                    hash,
+                });
+            }
+            out.extend(
+                self.closure_deps(ctx, resolver, closures, &path)
+                    .iter()
+                    .cloned(),
+            );
+        }
+        let tree = self.current(ctx);
+        for file in &deps.files {
+            let path = RepoPath::new(file.clone());
+            out.insert(Dep::File {
+                hash: tree.file_hash(&path),
+                path,
+            });
+        }
+        for dir in &deps.dirs {
+            let path = RepoPath::new(dir.clone());
+            out.insert(Dep::Dir {
+                hash: tree.dir_hash(&path),
+                path,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The module blocks of everything `file` imports (transitively) and
+    /// the outside modules among them, memoized per request.
+    fn closure_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        resolver: &Resolver,
+        memo: &mut HashMap<RepoPath, Arc<BTreeSet<Dep>>>,
+        file: &RepoPath,
+    ) -> Arc<BTreeSet<Dep>> {
+        if let Some(done) = memo.get(file) {
+            return done.clone();
+        }
+        self.refresh_graph(ctx, resolver, file);
+        let (files, external) = self.graph.closure(file);
+        let mut tree = self.current(ctx);
+        let mut deps = BTreeSet::new();
+        for f in files {
+            let file_hash = tree.file_hash(&f);
+            let hash = tree
+                .parsed(&f)
+                .and_then(|p| p.block(MODULE_BLOCK).map(|b| b.hash));
+            deps.insert(Dep::Code {
+                file: f,
+                file_hash,
+                block: Some(MODULE_BLOCK.to_owned()),
+                hash,
+            });
+        }
+        for module in external {
+            deps.insert(Dep::External { module });
+        }
+        let deps = Arc::new(deps);
+        memo.insert(file.clone(), deps.clone());
+        deps
+    }
+
+    /// Re-resolves the imports of every file reachable from `start` whose
+    /// content changed since it was last resolved.
+    fn refresh_graph(&mut self, ctx: &Ctx<'_>, resolver: &Resolver, start: &RepoPath) {
+        let mut queue = vec![start.clone()];
+        let mut seen = HashSet::new();
+        while let Some(file) = queue.pop() {
+            if !seen.insert(file.clone()) {
+                continue;
+            }
+            let mut tree = Current {
+                index: ctx.index,
+                filter: ctx.filter,
+                parsed: &mut self.parsed,
+            };
+            let Some(hash) = tree.file_hash(&file) else {
+                continue;
+            };
+            if self.graph_hashes.get(&file) != Some(&hash) || !self.graph.knows(&file) {
+                let Some(parsed) = tree.parsed(&file) else {
+                    continue;
+                };
+                let resolved = resolver.resolve(&tree, &file, &parsed.imports);
+                self.graph.set_imports(&file, &resolved);
+                self.graph_hashes.insert(file.clone(), hash);
+            }
+            queue.extend(self.graph.imports_of(&file));
+        }
+    }
+
+    /// What collecting a test file depends on besides what ran: its import
+    /// closure, the conftest files above it (and their closures), and
+    /// pytest's configuration files.
+    fn static_collection_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        resolver: &Resolver,
+        memo: &mut HashMap<RepoPath, Arc<BTreeSet<Dep>>>,
+        file: &RepoPath,
+    ) -> BTreeSet<Dep> {
+        let mut deps: BTreeSet<Dep> = self
+            .closure_deps(ctx, resolver, memo, file)
+            .iter()
+            .cloned()
+            .collect();
+        let mut dir = file.split().map(|(d, _)| d);
+        while let Some(d) = dir {
+            let conftest = d.join("conftest.py");
+            if ctx.index.get(&conftest).is_some() {
+                deps.extend(
+                    self.closure_deps(ctx, resolver, memo, &conftest)
+                        .iter()
+                        .cloned(),
+                );
+            }
+            dir = d.split().map(|(p, _)| p);
+        }
+        let tree = self.current(ctx);
+        for name in CONFIG_FILES {
+            let path = RepoPath::new(*name);
+            deps.insert(Dep::File {
+                hash: tree.file_hash(&path),
+                path,
+            });
+        }
+        deps
+    }
+
+    // -- queries --------------------------------------------------------------
+
+    /// The environment as it is now: the latest run's interpreter (or the
+    /// one the client names) with the distributions on disk now.
+    fn current_env(&self, python: Option<&str>) -> Option<Snapshot> {
+        let latest = self.envs.get(&self.latest_env?)?;
+        let mut env = Snapshot::clone(latest);
+        env.dists = pyenv::scan(&env.site_dirs);
+        if let Some(python) = python
+            && python != env.python
+        {
+            env.python = python.to_owned();
+            env.version = String::from("(unknown until the next run)");
+        }
+        Some(env)
+    }
+
+    /// Every affected known test with its reasons, against environment
+    /// `env`.
+    fn evaluate(&mut self, ctx: &Ctx<'_>, env: &Snapshot) -> BTreeMap<String, Vec<Reason>> {
+        let mut env_changes: HashMap<i64, Option<EnvChange>> = HashMap::new();
+        for id in self
+            .tests
+            .values()
+            .map(|t| t.env)
+            .chain(self.collections.values().map(|c| c.1))
+        {
+            env_changes.entry(id).or_insert_with(|| {
+                self.envs.get(&id).map_or(
+                    Some(EnvChange::Everything(
+                        "environment: the recorded one is unreadable".into(),
+                    )),
+                    |old| pyenv::diff(old, env),
+                )
+            });
+        }
+        let mut by_env: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
+        for (id, record) in &self.tests {
+            by_env.entry(record.env).or_default().push(id);
+        }
+        let mut out = BTreeMap::new();
+        let tests = &self.tests;
+        let collections = &self.collections;
+        let depsets = &self.depsets;
+        let mut tree = Current {
+            index: ctx.index,
+            filter: ctx.filter,
+            parsed: &mut self.parsed,
+        };
+        for (env_id, ids) in by_env {
+            let change = env_changes.get(&env_id).cloned().flatten();
+            let mut eval = Evaluator::new(&mut tree, change.as_ref());
+            for id in ids {
+                let record = &tests[id];
+                let mut reasons = Vec::new();
+                if record.outcome.is_failure() {
+                    reasons.push(Reason::FailedLastTime(record.outcome.as_str()));
+                }
+                if let Some(EnvChange::Everything(why)) = &change {
+                    reasons.push(Reason::Environment(why.clone()));
+                }
+                match depsets.get(&record.deps) {
+                    Some(deps) => reasons.extend(eval.reasons(deps.iter())),
+                    None => {
+                        reasons.push(Reason::Environment("no usable record of this test".into()))
+                    }
+                }
+                if let Some((set, _)) = collections.get(&record.file)
+                    && let Some(deps) = depsets.get(set)
+                {
+                    reasons.extend(eval.reasons(deps.iter()));
+                }
+                if !reasons.is_empty() {
+                    reasons.sort();
+                    reasons.dedup();
+                    out.insert(id.clone(), reasons);
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets tests that cannot exist any more: their file is gone, or
+    /// their function was removed from a file that parses. Forgetting is
+    /// always safe: a test that does exist is new to tim and runs.
+    fn forget_vanished(&mut self, ctx: &mut Ctx<'_>) {
+        let mut gone = Vec::new();
+        let mut gone_files = Vec::new();
+        {
+            let mut tree = Current {
+                index: ctx.index,
+                filter: ctx.filter,
+                parsed: &mut self.parsed,
+            };
+            for (id, record) in &self.tests {
+                if tree.file_hash(&record.file).is_none() {
+                    gone.push(id.clone());
+                    continue;
+                }
+                let Some(qualname) = test_qualname(id) else {
+                    continue;
+                };
+                let was_block = self.depsets.get(&record.deps).is_some_and(|deps| {
+                    deps.iter().any(|d| matches!(d, Dep::Code { file, block: Some(b), .. } if *file == record.file && *b == qualname))
+                });
+                if !was_block {
+                    continue;
+                }
+                if let Some(parsed) = tree.parsed(&record.file)
+                    && parsed.syntax_error.is_none()
+                    && parsed.block(&qualname).is_none()
+                {
+                    gone.push(id.clone());
+                }
+            }
+            for file in self.collections.keys() {
+                if tree.file_hash(file).is_none() {
+                    gone_files.push(file.clone());
+                }
+            }
+        }
+        if gone.is_empty() && gone_files.is_empty() {
+            return;
+        }
+        if let Err(e) = ctx.store.forget(&gone, &gone_files) {
+            tracing::warn!(error = %e, "cannot forget vanished tests");
+            return;
+        }
+        tracing::info!(
+            tests = gone.len(),
+            files = gone_files.len(),
+            "forgot vanished tests"
+        );
+        for id in gone {
+            self.tests.remove(&id);
+        }
+        for file in gone_files {
+            self.collections.remove(&file);
+        }
+    }
+
+    pub fn affected(&mut self, ctx: &mut Ctx<'_>, params: AffectedParams) -> AffectedReply {
+        self.forget_vanished(ctx);
+        let total = self.tests.len() as u64;
+        let reply = |tests, collect, run_all: Option<String>| AffectedReply {
+            tests,
+            total,
+            collect,
+            run_all,
+            clock: ctx.clock.clone(),
+        };
+        let Some(env) = self.current_env(params.python.as_deref()) else {
+            return reply(
+                Vec::new(),
+                Vec::new(),
+                Some("no test run has been recorded yet".into()),
+            );
+        };
+        if self.tests.is_empty() {
+            return reply(
+                Vec::new(),
+                Vec::new(),
+                Some("no test has been recorded yet".into()),
+            );
+        }
+        let latest = &self.envs[&self.latest_env.expect("current_env found it")];
+        if let Some(EnvChange::Everything(why)) = pyenv::diff(latest, &env) {
+            return reply(Vec::new(), Vec::new(), Some(why));
+        }
+        let affected = self.evaluate(ctx, &env);
+        let mut collect: BTreeMap<RepoPath, BTreeSet<String>> = BTreeMap::new();
+        let mut per_file: BTreeMap<&RepoPath, usize> = BTreeMap::new();
+        for id in affected.keys() {
+            *per_file.entry(&self.tests[id].file).or_default() += 1;
+        }
+        for (file, n) in per_file {
+            collect
+                .entry(file.clone())
+                .or_default()
+                .insert(format!("{} affected", plural(n, "test")));
+        }
+        // Collection inputs changed: the file may hold new tests.
+        let mut tree = Current {
+            index: ctx.index,
+            filter: ctx.filter,
+            parsed: &mut self.parsed,
+        };
+        let mut eval = Evaluator::new(&mut tree, None);
+        for (file, (set, _)) in &self.collections {
+            if let Some(deps) = self.depsets.get(set)
+                && let Some(reason) = eval.reasons(deps.iter()).into_iter().next()
+            {
+                collect
+                    .entry(file.clone())
+                    .or_default()
+                    .insert(format!("collect again: {reason}"));
+            }
+        }
+        drop(eval);
+        let known_files: HashSet<&RepoPath> = self
+            .collections
+            .keys()
+            .chain(self.tests.values().map(|t| &t.file))
+            .collect();
+        for (path, _) in ctx.index.files() {
+            if is_test_file(&path) && !known_files.contains(&path) {
+                collect
+                    .entry(path)
+                    .or_default()
+                    .insert("new test file".to_owned());
+            }
+        }
+        let tests = affected
+            .into_iter()
+            .map(|(id, reasons)| AffectedTest {
+                id,
+                reasons: reasons.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        let collect = collect
+            .into_iter()
+            .map(|(file, reasons)| CollectFile {
+                file: file.to_string(),
+                reasons: reasons.into_iter().collect(),
+            })
+            .collect();
+        reply(tests, collect, None)
+    }
+
+    pub fn why(&mut self, ctx: &mut Ctx<'_>, params: WhyParams) -> WhyReply {
+        let Some(record) = self.tests.get(&params.test) else {
+            return WhyReply {
+                id: params.test,
+                known: false,
+                file: String::new(),
+                last_outcome: None,
+                last_run: None,
+                affected: true,
+                reasons: vec![Reason::NewTest.to_string()],
+                deps: Vec::new(),
+            };
+        };
+        let (file, outcome, run, env_id, set) = (
+            record.file.clone(),
+            record.outcome,
+            record.run,
+            record.env,
+            record.deps,
+        );
+        let env = self.current_env(None);
+        let change = match (self.envs.get(&env_id), &env) {
+            (Some(old), Some(now)) => pyenv::diff(old, now),
+            _ => None,
+        };
+        let mut all: Vec<Dep> = self
+            .depsets
+            .get(&set)
+            .map(|d| d.to_vec())
+            .unwrap_or_default();
+        if let Some((cset, _)) = self.collections.get(&file)
+            && let Some(deps) = self.depsets.get(cset)
+        {
+            all.extend(deps.iter().cloned());
+        }
+        all.sort();
+        all.dedup();
+        let mut tree = Current {
+            index: ctx.index,
+            filter: ctx.filter,
+            parsed: &mut self.parsed,
+        };
+        let mut eval = Evaluator::new(&mut tree, change.as_ref());
+        let mut reasons = Vec::new();
+        if outcome.is_failure() {
+            reasons.push(Reason::FailedLastTime(outcome.as_str()).to_string());
+        }
+        if let Some(EnvChange::Everything(why)) = &change {
+            reasons.push(why.clone());
+        }
+        let mut deps = Vec::new();
+        for dep in &all {
+            let state = eval.stale(dep);
+            if let Some(reason) = &state {
+                let text = reason.to_string();
+                if !reasons.contains(&text) {
+                    reasons.push(text);
+                }
+            }
+            let (kind, target) = match dep {
+                Dep::Code { file, block, .. } => (
+                    "code",
+                    match block {
+                        Some(b) => format!("{file}::{b}"),
+                        None => format!("{file} (whole file)"),
+                    },
+                ),
+                Dep::File { path, .. } => ("file", path.to_string()),
+                Dep::Dir { path, .. } => ("dir", format!("{path}/")),
+                Dep::External { module } => ("module", module.clone()),
+            };
+            deps.push(WhyDep {
+                kind: kind.to_owned(),
+                target,
+                state: state.map_or_else(|| "unchanged".to_owned(), |r| r.to_string()),
+            });
+        }
+        WhyReply {
+            id: params.test,
+            known: true,
+            file: file.to_string(),
+            last_outcome: Some(outcome),
+            last_run: Some(run),
+            affected: !reasons.is_empty(),
+            reasons,
+            deps,
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn parse_outcome(text: &str) -> Option<Outcome> {
+    Some(match text {
+        "passed" => Outcome::Passed,
+        "failed" => Outcome::Failed,
+        "error" => Outcome::Error,
+        "skipped" => Outcome::Skipped,
+        "xfailed" => Outcome::Xfailed,
+        "xpassed" => Outcome::Xpassed,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_map_to_qualnames() {
+        assert_eq!(
+            test_qualname("tests/test_a.py::test_x").as_deref(),
+            Some("test_x")
+        );
+        assert_eq!(
+            test_qualname("tests/test_a.py::TestK::test_m[1-a::b]").as_deref(),
+            Some("TestK.test_m")
+        );
+        assert_eq!(test_qualname("tests/test_a.py"), None);
+    }
+
+    #[test]
+    fn qualnames_map_to_blocks() {
+        let parsed = pyparse::parse(
+            b"class K:\n    X = 1\n    def m(self):\n        def inner():\n            pass\n\ndef f():\n    pass\n",
+        );
+        let cases = [
+            ("f", Some("f")),
+            ("K.m", Some("K.m")),
+            ("K.m.<locals>.inner", Some("K.m")),
+            ("K", Some("<module>")),
+            ("<module>", Some("<module>")),
+            ("<lambda>", Some("<module>")),
+            ("<listcomp>", Some("<module>")),
+            ("generated_by_exec", None),
+        ];
+        for (q, expected) in cases {
+            assert_eq!(block_for(q, &parsed).as_deref(), expected, "{q}");
+        }
+    }
+
+    #[test]
+    fn test_files_by_name() {
+        for (path, expected) in [
+            ("tests/test_a.py", true),
+            ("pkg/a_test.py", true),
+            ("test_b.py", true),
+            ("tests/conftest.py", false),
+            ("tests/helpers.py", false),
+            ("tests/test_data.json", false),
+        ] {
+            assert_eq!(is_test_file(&RepoPath::new(path)), expected, "{path}");
+        }
+    }
+}

@@ -1,0 +1,356 @@
+"""pytest-tim: the pytest side of tim, the test-impact daemon.
+
+`pytest --tim` runs only the tests affected by what changed since they last
+passed, and records what every test that runs depends on. `tim run` loads
+this plugin by itself (`-p pytest_tim`), so it need not be installed.
+
+When the daemon cannot be reached, or speaks another protocol, the plugin
+warns once and runs every test: it never deselects on a guess.
+"""
+
+import os
+import sys
+
+import pytest
+
+from pytest_tim._client import Connection, DaemonError, find_root, locate_socket
+from pytest_tim._recorder import Recorder
+
+__version__ = "0.1.0"
+
+# Environment set by `tim run` for the pytest it starts.
+ENV_MODE = "TIM_MODE"  # "affected" (select) or "all" (record everything)
+ENV_COMMAND = "TIM_COMMAND"
+ENV_ROOT = "TIM_ROOT"
+
+# How many finished tests are batched into one `record` request.
+BATCH = 200
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("tim", "tim test-impact selection")
+    group.addoption(
+        "--tim",
+        action="store_true",
+        default=False,
+        help="run only the tests affected by changes since they last passed, "
+        "and record what each test depends on (needs the tim daemon)",
+    )
+    group.addoption(
+        "--tim-all",
+        action="store_true",
+        default=False,
+        help="run every collected test and record what each depends on",
+    )
+
+
+def _mode(config):
+    if config.getoption("tim_all"):
+        return "all"
+    if config.getoption("tim"):
+        return "affected"
+    return os.environ.get(ENV_MODE) or None
+
+
+def pytest_configure(config):
+    mode = _mode(config)
+    if mode is None:
+        return
+    plugin = TimPlugin(config, mode)
+    config.pluginmanager.register(plugin, "tim-session")
+
+
+class TimPlugin:
+    def __init__(self, config, mode):
+        self.config = config
+        self.mode = mode
+        workerinput = getattr(config, "workerinput", None)
+        self.is_worker = workerinput is not None
+        self.is_controller = not self.is_worker and _xdist_active(config)
+        self.root = os.environ.get(ENV_ROOT) or find_root(str(config.rootpath))
+        self.conn = None
+        self.run_id = None
+        self.disabled_reason = None
+        self.recorder = None
+        self.pending = []
+        self.current = {}  # nodeid -> per-test state
+        self.fixture_deps = {}  # id(FixtureDef) -> Context
+        self.collection = {}  # root-relative test file -> Context
+        self._collecting = {}  # collector nodeid -> (file, Context)
+        self.selected_count = None
+        if self.root is None:
+            self._disable("no project root (tim.toml, pyproject.toml, Cargo.toml or .git) above the rootdir")
+            return
+        try:
+            self.conn = Connection(locate_socket(self.root), __version__)
+            if self.is_worker:
+                self.run_id = workerinput.get("tim_run_id")
+                if self.run_id is None:
+                    raise DaemonError("the xdist controller did not start a tim run")
+            else:
+                answer = self.conn.request(
+                    "begin_run",
+                    {
+                        "command": os.environ.get(ENV_COMMAND) or " ".join(["pytest"] + list(config.invocation_params.args)),
+                        "mode": mode,
+                        "environment": _environment(self.root),
+                    },
+                )
+                self.run_id = answer["run_id"]
+                self._warn_all(self.conn.warnings)
+        except DaemonError as e:
+            self._disable(str(e))
+            return
+        if not self.is_controller:
+            self.recorder = Recorder(self.root)
+            self.recorder.start()
+
+    # -- failures ---------------------------------------------------------
+
+    def _disable(self, reason):
+        if self.disabled_reason is None:
+            self.disabled_reason = reason
+            if not self.is_worker:
+                _warn(f"{reason}; running every test without recording")
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _warn_all(self, warnings):
+        for w in warnings or ():
+            _warn(w)
+
+    # -- xdist --------------------------------------------------------------
+
+    def pytest_configure_node(self, node):
+        # Only called in an xdist controller: hand the run to the workers.
+        if self.run_id is not None:
+            node.workerinput["tim_run_id"] = self.run_id
+
+    # -- collection -----------------------------------------------------------
+
+    def pytest_collectstart(self, collector):
+        # Importing a test module runs module-level code (constants,
+        # parametrize data, files read at import): dependencies of every
+        # test in that file.
+        if self.recorder is None or not _is_module(collector):
+            return
+        rel = self._rel(collector.path)
+        if rel is not None:
+            self._collecting[collector.nodeid] = (rel, self.recorder.push())
+
+    def pytest_collectreport(self, report):
+        entry = self._collecting.pop(report.nodeid, None)
+        if entry is None:
+            return
+        rel, ctx = entry
+        self.recorder.pop(ctx)
+        previous = self.collection.get(rel)
+        if previous is not None:
+            ctx.merge(previous)
+        self.collection[rel] = ctx
+
+    def pytest_collection_modifyitems(self, session, config, items):
+        if self.conn is None or self.mode != "affected" or self.is_controller:
+            return
+        tests = [{"id": item.nodeid, "file": self._rel(item.path) or ""} for item in items]
+        try:
+            answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests})
+        except DaemonError as e:
+            self._disable(f"selection failed: {e}")
+            return
+        run = set(answer["run"])
+        selected = [item for item in items if item.nodeid in run]
+        deselected = [item for item in items if item.nodeid not in run]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+        self.selected_count = (len(selected), len(selected) + len(deselected))
+
+    def pytest_report_collectionfinish(self, config, start_path, items):
+        if self.selected_count is None or self.is_worker:
+            return None
+        run, total = self.selected_count
+        return f"tim: running {run} of {total} tests ({total - run} unaffected)"
+
+    def pytest_report_header(self, config):
+        if self.disabled_reason is not None or self.is_worker:
+            return None
+        backend = self.recorder.backend_name if self.recorder else "xdist workers"
+        return f"tim: run {self.run_id}, mode {self.mode}, recording with {backend}"
+
+    # -- running ----------------------------------------------------------------
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        # Higher-scoped fixtures run once; what they execute is a dependency
+        # of every test that uses them, not only of the first one.
+        recorder = self.recorder
+        if recorder is None or fixturedef.scope == "function":
+            yield
+            return
+        ctx = recorder.push()
+        try:
+            yield
+        finally:
+            recorder.pop(ctx)
+            previous = self.fixture_deps.get(id(fixturedef))
+            if previous is not None:
+                ctx.merge(previous)
+            self.fixture_deps[id(fixturedef)] = ctx
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        if self.recorder is not None:
+            self.current[item.nodeid] = {
+                "ctx": self.recorder.push(),
+                "outcome": None,
+                "durations": {},
+                "item": item,
+            }
+
+    def pytest_runtest_logreport(self, report):
+        state = self.current.get(report.nodeid)
+        if state is None:
+            return
+        state["durations"][report.when] = report.duration
+        outcome = _outcome(report)
+        if outcome is not None:
+            state["outcome"] = _worst(state["outcome"], outcome)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        state = self.current.pop(nodeid, None)
+        if state is None or self.recorder is None:
+            return
+        ctx = self.recorder.pop(state["ctx"])
+        item = state["item"]
+        for fixturedef in _fixturedefs(item):
+            extra = self.fixture_deps.get(id(fixturedef))
+            if extra is not None:
+                ctx.merge(extra)
+        rel = self._rel(item.path)
+        self.pending.append(
+            {
+                "id": nodeid,
+                "file": rel or "",
+                "outcome": state["outcome"] or "passed",
+                "durations": state["durations"],
+                "deps": ctx.to_wire(self.recorder.root),
+            }
+        )
+        if len(self.pending) >= BATCH:
+            self._flush()
+
+    def _flush(self, collection=None):
+        if self.conn is None or (not self.pending and not collection):
+            self.pending = []
+            return
+        data = {"run_id": self.run_id, "tests": self.pending}
+        if collection:
+            data["collection"] = collection
+        try:
+            self.conn.request("record", data)
+        except DaemonError as e:
+            self._disable(f"recording failed: {e}")
+        self.pending = []
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.recorder is not None:
+            collection = [
+                {"file": rel, "deps": ctx.to_wire(self.recorder.root)}
+                for rel, ctx in sorted(self.collection.items())
+            ]
+            self._flush(collection)
+            self.recorder.stop()
+        if self.conn is not None and not self.is_worker:
+            try:
+                self.conn.request(
+                    "end_run",
+                    {"run_id": self.run_id, "exit_status": int(exitstatus)},
+                )
+            except DaemonError as e:
+                _warn(f"could not finish the tim run: {e}")
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _rel(self, path):
+        path = os.path.realpath(str(path))
+        root = self.root.rstrip(os.sep) + os.sep
+        if not path.startswith(root):
+            return None
+        return path[len(root):].replace(os.sep, "/")
+
+
+def _is_module(collector):
+    return isinstance(collector, pytest.Module)
+
+
+def _xdist_active(config):
+    return config.pluginmanager.hasplugin("xdist") and (
+        getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no"
+    )
+
+
+def _fixturedefs(item):
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return
+    for defs in info.name2fixturedefs.values():
+        yield from defs
+
+
+_ORDER = {"passed": 0, "skipped": 1, "xfailed": 1, "xpassed": 2, "failed": 3, "error": 4}
+
+
+def _worst(a, b):
+    if a is None:
+        return b
+    return a if _ORDER[a] >= _ORDER[b] else b
+
+
+def _outcome(report):
+    if hasattr(report, "wasxfail"):
+        if report.skipped:
+            return "xfailed"
+        if report.passed:
+            return "xpassed"
+    if report.when == "call":
+        return report.outcome  # passed, failed, skipped
+    if report.failed:
+        return "error"
+    if report.skipped:
+        return "skipped"
+    return None
+
+
+def _environment(root):
+    """What the daemon needs to notice an environment change by itself: the
+    interpreter, and the directories holding installed distributions."""
+    rootsep = os.path.realpath(root).rstrip(os.sep) + os.sep
+    site_dirs, root_paths = [], []
+    for entry in sys.path:
+        if not entry:
+            entry = os.getcwd()
+        real = os.path.realpath(entry)
+        if not os.path.isdir(real):
+            continue
+        if real.startswith(rootsep) or real == rootsep.rstrip(os.sep):
+            rel = real[len(rootsep):].replace(os.sep, "/")
+            if rel not in root_paths:
+                root_paths.append(rel)
+        elif real not in site_dirs:
+            site_dirs.append(real)
+    return {
+        "python": os.path.realpath(sys.executable),
+        "version": sys.version.split()[0],
+        "implementation": sys.implementation.name,
+        "site_dirs": site_dirs,
+        "root_paths": root_paths,
+    }
+
+
+def _warn(message):
+    sys.stderr.write(f"pytest-tim: warning: {message}\n")

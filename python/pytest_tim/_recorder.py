@@ -1,0 +1,229 @@
+"""Recording what a test depends on: the code it runs and the files it reads.
+
+Code is recorded at function granularity from function-entry events, never
+by line tracing:
+
+* Python >= 3.12: `sys.monitoring` PY_START events. The callback returns
+  DISABLE, so each code object costs one event until the next test re-arms
+  all of them with `restart_events()`.
+* Python 3.11: a global trace function that returns None, so only "call"
+  events reach it (no per-line tracing); a per-test set makes repeated calls
+  cheap. An already installed tracer (coverage, a debugger) is chained, not
+  replaced.
+
+Files are recorded with an audit hook: `open` for reads, `os.listdir` and
+`os.scandir` for directory listings (a glob over a data directory), under
+the project root only.
+
+Recording happens into *contexts* (sets); several can be active at once (a
+test and the session fixture it is setting up), and every event goes into
+all of them.
+"""
+
+import os
+import sys
+import threading
+
+_WRITE_ONLY = os.O_WRONLY
+
+
+class Context:
+    __slots__ = ("code", "files", "dirs")
+
+    def __init__(self):
+        self.code = set()
+        self.files = set()
+        self.dirs = set()
+
+    def merge(self, other):
+        self.code |= other.code
+        self.files |= other.files
+        self.dirs |= other.dirs
+
+    def to_wire(self, root):
+        """`{"code": {file: [qualname, ...]}, "files": [...], "dirs": [...]}`
+        with root-relative, `/`-separated paths."""
+        code = {}
+        for c in self.code:
+            rel = _relative(root, c.co_filename)
+            if rel is None:
+                continue
+            code.setdefault(rel, set()).add(getattr(c, "co_qualname", c.co_name))
+        return {
+            "code": {f: sorted(names) for f, names in sorted(code.items())},
+            "files": sorted(filter(None, (_relative(root, p) for p in self.files))),
+            "dirs": sorted(filter(None, (_relative(root, p) for p in self.dirs))),
+        }
+
+
+def _relative(root, path):
+    if not path.startswith(root):
+        return None
+    rel = path[len(root):]
+    if os.sep != "/":
+        rel = rel.replace(os.sep, "/")
+    return rel
+
+
+class Recorder:
+    """One per process. `push()` starts a context, `pop()` ends it."""
+
+    def __init__(self, root):
+        self.root = os.path.realpath(root).rstrip(os.sep) + os.sep
+        self._state_dir = self.root + ".tim" + os.sep
+        self._active = []  # the contexts receiving events; mutated in place
+        self._backend = _MonitoringBackend(self) if hasattr(sys, "monitoring") else _TraceBackend(self)
+        self.backend_name = self._backend.name
+        sys.addaudithook(self._audit)
+
+    def start(self):
+        self._backend.start()
+
+    def stop(self):
+        self._backend.stop()
+
+    def push(self):
+        ctx = Context()
+        self._active.append(ctx)
+        # Code objects already seen must be reported again to this context.
+        self._backend.rearm()
+        return ctx
+
+    def pop(self, ctx):
+        try:
+            self._active.remove(ctx)
+        except ValueError:
+            pass
+        return ctx
+
+    def _audit(self, event, args):
+        # Audit hooks cannot be removed; when nothing records, return fast.
+        if not self._active:
+            return
+        if event == "open":
+            path, mode, flags = args
+            if mode is not None:
+                if "r" not in mode and "+" not in mode:
+                    return
+            elif flags is not None and flags & os.O_ACCMODE == _WRITE_ONLY:
+                return
+            kind = "files"
+        elif event in ("os.listdir", "os.scandir"):
+            path = args[0]
+            kind = "dirs"
+        else:
+            return
+        if path is None or isinstance(path, int):
+            return
+        try:
+            path = os.fsdecode(path)
+        except TypeError:
+            return
+        path = os.path.abspath(path)
+        if not path.startswith(self.root) or path.startswith(self._state_dir):
+            return
+        if kind == "files":
+            # Python sources are tracked as code; bytecode is derived.
+            if path.endswith((".py", ".pyc")):
+                return
+            for ctx in self._active:
+                ctx.files.add(path)
+        else:
+            for ctx in self._active:
+                ctx.dirs.add(path)
+
+
+class _MonitoringBackend:
+    name = "sys.monitoring"
+
+    def __init__(self, recorder):
+        self._recorder = recorder
+        self._tool = None
+
+    def start(self):
+        mon = sys.monitoring
+        for tool in (mon.PROFILER_ID, 3, 4, 5, mon.OPTIMIZER_ID):
+            if mon.get_tool(tool) is None:
+                mon.use_tool_id(tool, "tim")
+                self._tool = tool
+                break
+        else:
+            raise RuntimeError("no free sys.monitoring tool id")
+        root = self._recorder.root
+        active = self._recorder._active
+        disable = mon.DISABLE
+
+        def on_start(code, offset):
+            if code.co_filename.startswith(root):
+                for ctx in active:
+                    ctx.code.add(code)
+            return disable
+
+        mon.register_callback(self._tool, mon.events.PY_START, on_start)
+        mon.set_events(self._tool, mon.events.PY_START)
+
+    def rearm(self):
+        sys.monitoring.restart_events()
+
+    def stop(self):
+        if self._tool is None:
+            return
+        mon = sys.monitoring
+        mon.set_events(self._tool, 0)
+        mon.register_callback(self._tool, mon.events.PY_START, None)
+        mon.free_tool_id(self._tool)
+        self._tool = None
+
+
+class _TraceBackend:
+    name = "sys.settrace (call events only)"
+
+    def __init__(self, recorder):
+        self._recorder = recorder
+        self._seen = set()
+        self._previous = None
+        self._installed = False
+
+    def start(self):
+        root = self._recorder.root
+        active = self._recorder._active
+        seen = self._seen
+        previous = sys.gettrace()
+        self._previous = previous
+
+        if previous is None:
+
+            def trace(frame, event, arg):
+                code = frame.f_code
+                if code not in seen:
+                    seen.add(code)
+                    if code.co_filename.startswith(root):
+                        for ctx in active:
+                            ctx.code.add(code)
+                return None
+
+        else:
+            # Keep the other tool (coverage, a debugger) working: it decides
+            # how the frame is traced from here on.
+            def trace(frame, event, arg):
+                code = frame.f_code
+                if code not in seen:
+                    seen.add(code)
+                    if code.co_filename.startswith(root):
+                        for ctx in active:
+                            ctx.code.add(code)
+                return previous(frame, event, arg)
+
+        self._trace = trace
+        sys.settrace(trace)
+        threading.settrace(trace)
+        self._installed = True
+
+    def rearm(self):
+        self._seen.clear()
+
+    def stop(self):
+        if self._installed:
+            sys.settrace(self._previous)
+            threading.settrace(self._previous)
+            self._installed = False
