@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod error;
+pub mod pytest;
 
 use crate::error::{ClientError, exit};
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +34,36 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the affected tests (the default), or all of them, recording what each depends on.
+    Run {
+        /// Run only the tests affected by changes since they last ran (the default).
+        #[arg(long, conflicts_with = "all")]
+        affected: bool,
+        /// Run every test and record it.
+        #[arg(long)]
+        all: bool,
+        /// The Python interpreter to run pytest with (default: $TIM_PYTHON, the active or the root's virtualenv, python3).
+        #[arg(long, value_name = "PATH")]
+        python: Option<PathBuf>,
+        /// Extra arguments for pytest, after `--`.
+        #[arg(last = true, value_name = "PYTEST_ARGS")]
+        pytest_args: Vec<String>,
+    },
+    /// List the tests affected by changes since they last ran, with the reasons.
+    Affected {
+        /// The interpreter the next run will use (a different one affects every test).
+        #[arg(long, value_name = "PATH")]
+        python: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show what a test depends on, and why it is or is not affected.
+    Why {
+        /// A pytest node id, e.g. tests/test_parser.py::test_parse.
+        test: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show the daemon, the tracked files and what changed since the last recorded run.
     Status(JsonFlag),
     /// List files changed since a clock (from `tim status --json` or an earlier `tim changes`).
@@ -132,6 +163,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let root = find_root(cli.root.as_deref())?;
     let layout = Layout::from_env(&root);
     match cli.command {
+        Command::Run {
+            affected: _,
+            all,
+            python,
+            pytest_args,
+        } => {
+            let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+            pytest::run(
+                &layout,
+                pytest::RunArgs {
+                    all,
+                    python,
+                    pytest_args,
+                    command_line,
+                },
+            )
+        }
+        Command::Affected { python, json } => pytest::affected(&layout, python.as_deref(), json.json),
+        Command::Why { test, json } => pytest::why(&layout, test, json.json),
         Command::Status(flag) => status(&layout, flag.json),
         Command::Changes { since, json } => changes(&layout, since, json.json),
         Command::Daemon { action } => daemon(&layout, action),
@@ -144,7 +194,7 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
-fn print_json(value: &serde_json::Value) -> Result<(), ClientError> {
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<(), ClientError> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)
         .map_err(std::io::Error::from)
@@ -153,7 +203,7 @@ fn print_json(value: &serde_json::Value) -> Result<(), ClientError> {
 }
 
 /// JSON output is the reply's own fields plus `warnings`.
-fn with_warnings<T: serde::Serialize>(reply: &T, warnings: &[String]) -> serde_json::Value {
+pub(crate) fn with_warnings<T: serde::Serialize>(reply: &T, warnings: &[String]) -> serde_json::Value {
     let mut value = serde_json::to_value(reply).expect("replies serialize");
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("warnings".into(), serde_json::json!(warnings));

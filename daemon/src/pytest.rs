@@ -169,6 +169,11 @@ fn block_for(qualname: &str, parsed: &ParsedModule) -> Option<String> {
     None
 }
 
+/// tim's own state directory is never a dependency.
+fn is_state_path(path: &RepoPath) -> bool {
+    path.as_str().starts_with(".tim/")
+}
+
 fn is_test_file(path: &RepoPath) -> bool {
     let name = path.split().map_or(path.as_str(), |(_, n)| n);
     name.ends_with(".py") && (name.starts_with("test_") || name.ends_with("_test.py"))
@@ -407,12 +412,16 @@ impl Pytest {
         let mut out = BTreeSet::new();
         for (file, qualnames) in &deps.code {
             let path = RepoPath::new(file.clone());
+            if is_state_path(&path) {
+                continue;
+            }
             // A file that changed after the run began may have run in its
             // old or its new form: record "unknown", which stays affected.
+            // (An untracked file has no clock; its hash is read from disk.)
             let edited = ctx
                 .store
                 .file_changed_seq(&path)?
-                .is_none_or(|seq| seq > run_clock);
+                .is_some_and(|seq| seq > run_clock);
             let mut tree = self.current(ctx);
             let file_hash = if edited { None } else { tree.file_hash(&path) };
             let parsed = tree.parsed(&path);
@@ -440,7 +449,7 @@ impl Pytest {
             );
         }
         let tree = self.current(ctx);
-        for file in &deps.files {
+        for file in deps.files.iter().filter(|f| !f.starts_with(".tim/")) {
             let path = RepoPath::new(file.clone());
             out.insert(Dep::File {
                 hash: tree.file_hash(&path),

@@ -46,7 +46,9 @@ class Context:
         code = {}
         for c in self.code:
             rel = _relative(root, c.co_filename)
-            if rel is None:
+            # tim's own state (the plugin copy under .tim/python) is no
+            # dependency of anything.
+            if rel is None or rel.startswith(".tim/"):
                 continue
             code.setdefault(rel, set()).add(getattr(c, "co_qualname", c.co_name))
         return {

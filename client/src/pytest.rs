@@ -1,0 +1,302 @@
+//! Running pytest: choosing the interpreter, providing the plugin, and the
+//! `tim run`, `tim affected` and `tim why` commands.
+//!
+//! The plugin ships inside the `tim` binary and is written to
+//! `.tim/python/` before each run, so the pytest that runs always speaks this
+//! tim's protocol, whether or not `pytest-tim` is installed.
+
+use crate::connect::{self, Connection};
+use crate::error::{ClientError, exit};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tim_proto::layout::Layout;
+use tim_proto::{AffectedParams, AffectedReply, Request, Response, WhyParams, WhyReply};
+
+/// The plugin's files, embedded at build time.
+const PLUGIN: &[(&str, &str)] = &[
+    ("__init__.py", include_str!("../../python/pytest_tim/__init__.py")),
+    ("_client.py", include_str!("../../python/pytest_tim/_client.py")),
+    ("_recorder.py", include_str!("../../python/pytest_tim/_recorder.py")),
+];
+
+/// Overrides the interpreter `tim run` uses.
+pub const PYTHON_ENV: &str = "TIM_PYTHON";
+
+/// The interpreter to run tests with: `--python`, `$TIM_PYTHON`, the active
+/// virtualenv, a `.venv` or `venv` in the root, then `python3` on PATH.
+pub fn choose_python(root: &Path, explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os(PYTHON_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let mut candidates = Vec::new();
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|p| !p.is_empty()) {
+        candidates.push(PathBuf::from(venv).join("bin/python"));
+    }
+    candidates.push(root.join(".venv/bin/python"));
+    candidates.push(root.join("venv/bin/python"));
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+fn canonical_python(python: &Path) -> Option<String> {
+    let resolved = if python.components().count() > 1 {
+        python.canonicalize().ok()?
+    } else {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(python))
+            .find(|p| p.exists())?
+            .canonicalize()
+            .ok()?
+    };
+    Some(resolved.display().to_string())
+}
+
+/// Writes the embedded plugin under `.tim/python/` (only what differs) and
+/// returns the directory to put on `PYTHONPATH`.
+fn install_plugin(layout: &Layout) -> Result<PathBuf, ClientError> {
+    let base = layout.state_dir.join("python");
+    let dir = base.join("pytest_tim");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ClientError::io(format!("cannot create {}", dir.display()), e))?;
+    for (name, text) in PLUGIN {
+        let path = dir.join(name);
+        if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+            continue;
+        }
+        // Write and rename, so a concurrent run never imports half a file.
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))?;
+    }
+    Ok(base)
+}
+
+fn request<T>(
+    conn: &mut Connection,
+    request: Request,
+    pick: impl FnOnce(Response) -> Option<T>,
+) -> Result<(T, Vec<String>), ClientError> {
+    let kind = request.type_name();
+    let (response, warnings) = conn.request(request)?;
+    let name = response.type_name();
+    match pick(response) {
+        Some(v) => Ok((v, warnings)),
+        None => Err(ClientError::Protocol(format!("`{name}` in answer to {kind}"))),
+    }
+}
+
+pub fn affected_query(
+    conn: &mut Connection,
+    python: Option<String>,
+) -> Result<(AffectedReply, Vec<String>), ClientError> {
+    if !conn.hello.capabilities.iter().any(|c| c == "affected") {
+        return Err(ClientError::Protocol(
+            "the running daemon predates test selection; run `tim daemon restart`".into(),
+        ));
+    }
+    request(conn, Request::Affected(AffectedParams { python }), |r| match r {
+        Response::Affected(a) => Some(a),
+        _ => None,
+    })
+}
+
+pub struct RunArgs {
+    pub all: bool,
+    pub python: Option<PathBuf>,
+    pub pytest_args: Vec<String>,
+    pub command_line: String,
+}
+
+/// `tim run`: asks what is affected, then runs pytest on exactly that with
+/// the plugin recording. Nothing affected: says so and starts no Python.
+pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
+    let python = choose_python(&layout.root, args.python.as_deref());
+    let mut conn = connect::connect(layout)?;
+    let mut files: Vec<String> = Vec::new();
+    let mode = if args.all {
+        eprintln!("tim: running every test and recording what each depends on");
+        "all"
+    } else {
+        let (reply, warnings) = affected_query(&mut conn, canonical_python(&python))?;
+        print_warnings(&warnings);
+        if let Some(why) = &reply.run_all {
+            eprintln!("tim: running every test: {why}");
+        } else if reply.tests.is_empty() && reply.collect.is_empty() {
+            println!(
+                "tim: nothing affected: {} known tests, none affected by changes since they last ran",
+                reply.total
+            );
+            return Ok(exit::OK);
+        } else {
+            eprintln!("{}", summary(&reply));
+            files = reply.collect.iter().map(|c| c.file.clone()).collect();
+        }
+        "affected"
+    };
+    drop(conn);
+    let pythonpath = install_plugin(layout)?;
+    let mut path_var = pythonpath.into_os_string();
+    if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        path_var.push(":");
+        path_var.push(existing);
+    }
+    let tim_bin = std::env::current_exe().ok();
+    let mut command = Command::new(&python);
+    command
+        .current_dir(&layout.root)
+        .args(["-m", "pytest", "-p", "pytest_tim"])
+        .args(&files)
+        .args(&args.pytest_args)
+        .env("PYTHONPATH", path_var)
+        .env("TIM_MODE", mode)
+        .env("TIM_ROOT", &layout.root)
+        .env("TIM_SOCKET", &layout.socket)
+        .env("TIM_COMMAND", &args.command_line);
+    if let Some(bin) = tim_bin {
+        command.env("TIM_BIN", bin);
+    }
+    let status = command.status().map_err(|e| ClientError::Usage(format!(
+        "cannot run {}: {e}; point tim at your interpreter with --python PATH or {PYTHON_ENV}",
+        python.display()
+    )))?;
+    let code = match status.code() {
+        Some(code) => code,
+        // Killed by a signal (Ctrl-C reaches pytest too).
+        None => return Ok(exit::INTERRUPTED),
+    };
+    if code == i32::from(exit::NO_TESTS) && mode == "affected" {
+        // Every collected test was unaffected: nothing needed to run.
+        return Ok(exit::OK);
+    }
+    Ok(u8::try_from(code).unwrap_or(exit::INTERNAL))
+}
+
+fn summary(reply: &AffectedReply) -> String {
+    // Group tests by their first reason; show the most common few.
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for t in &reply.tests {
+        if let Some(first) = t.reasons.first() {
+            *counts.entry(first.as_str()).or_default() += 1;
+        }
+    }
+    let mut common: Vec<(&str, usize)> = counts.into_iter().collect();
+    common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut parts: Vec<String> = common
+        .iter()
+        .take(3)
+        .map(|(r, n)| if *n == 1 { (*r).to_owned() } else { format!("{r} ×{n}") })
+        .collect();
+    if common.len() > 3 {
+        parts.push(format!("{} more reasons: see `tim affected`", common.len() - 3));
+    }
+    let new_files = reply
+        .collect
+        .iter()
+        .filter(|c| c.reasons.iter().any(|r| r == "new test file"))
+        .count();
+    if new_files > 0 {
+        parts.push(format!("{new_files} new test files"));
+    }
+    format!(
+        "tim: {} of {} known tests affected{}; collecting {} files",
+        reply.tests.len(),
+        reply.total,
+        if parts.is_empty() { String::new() } else { format!(" ({})", parts.join("; ")) },
+        reply.collect.len()
+    )
+}
+
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("tim: warning: {w}");
+    }
+}
+
+/// `tim affected`.
+pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::Result<u8> {
+    let python = choose_python(&layout.root, python);
+    let mut conn = connect::connect(layout)?;
+    let (reply, warnings) = affected_query(&mut conn, canonical_python(&python))?;
+    if json {
+        crate::print_json(&crate::with_warnings(&reply, &warnings))?;
+        return Ok(exit::OK);
+    }
+    print_warnings(&warnings);
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let w = |e| ClientError::io("cannot write the output", e);
+    if let Some(why) = &reply.run_all {
+        writeln!(out, "every test is affected: {why}").map_err(w)?;
+        return Ok(exit::OK);
+    }
+    for t in &reply.tests {
+        writeln!(out, "{}", t.id).map_err(w)?;
+        for r in &t.reasons {
+            writeln!(out, "    {r}").map_err(w)?;
+        }
+    }
+    for c in &reply.collect {
+        let interesting: Vec<&String> = c.reasons.iter().filter(|r| !r.ends_with(" affected")).collect();
+        if !interesting.is_empty() {
+            writeln!(out, "{} (to collect)", c.file).map_err(w)?;
+            for r in interesting {
+                writeln!(out, "    {r}").map_err(w)?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{} of {} known tests affected; {} files to collect",
+        reply.tests.len(),
+        reply.total,
+        reply.collect.len()
+    )
+    .map_err(w)?;
+    Ok(exit::OK)
+}
+
+/// `tim why TEST`.
+pub fn why(layout: &Layout, test: String, json: bool) -> anyhow::Result<u8> {
+    let mut conn = connect::connect(layout)?;
+    let (reply, warnings): (WhyReply, _) =
+        request(&mut conn, Request::Why(WhyParams { test }), |r| match r {
+            Response::Why(w) => Some(w),
+            _ => None,
+        })?;
+    if json {
+        crate::print_json(&crate::with_warnings(&reply, &warnings))?;
+        return Ok(exit::OK);
+    }
+    print_warnings(&warnings);
+    if !reply.known {
+        println!("{}: not recorded yet, so it is affected (it runs as a new test)", reply.id);
+        return Ok(exit::OK);
+    }
+    println!(
+        "{} ({}, last {} in run {})",
+        reply.id,
+        reply.file,
+        reply.last_outcome.map_or("unknown", |o| o.as_str()),
+        reply.last_run.unwrap_or(0)
+    );
+    if reply.affected {
+        println!("affected:");
+        for r in &reply.reasons {
+            println!("    {r}");
+        }
+    } else {
+        println!("not affected: nothing it depends on changed since it last passed");
+    }
+    println!("depends on {} things:", reply.deps.len());
+    for d in &reply.deps {
+        println!("    {:<6} {}  [{}]", d.kind, d.target, d.state);
+    }
+    Ok(exit::OK)
+}
