@@ -6,5 +6,6 @@ mod support;
 
 mod lifecycle;
 mod protocol;
+mod pytest_selection;
 mod store;
 mod watcher;

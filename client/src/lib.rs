@@ -180,7 +180,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
             )
         }
-        Command::Affected { python, json } => pytest::affected(&layout, python.as_deref(), json.json),
+        Command::Affected { python, json } => {
+            pytest::affected(&layout, python.as_deref(), json.json)
+        }
         Command::Why { test, json } => pytest::why(&layout, test, json.json),
         Command::Status(flag) => status(&layout, flag.json),
         Command::Changes { since, json } => changes(&layout, since, json.json),
@@ -203,7 +205,10 @@ pub(crate) fn print_json(value: &serde_json::Value) -> Result<(), ClientError> {
 }
 
 /// JSON output is the reply's own fields plus `warnings`.
-pub(crate) fn with_warnings<T: serde::Serialize>(reply: &T, warnings: &[String]) -> serde_json::Value {
+pub(crate) fn with_warnings<T: serde::Serialize>(
+    reply: &T,
+    warnings: &[String],
+) -> serde_json::Value {
     let mut value = serde_json::to_value(reply).expect("replies serialize");
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("warnings".into(), serde_json::json!(warnings));

@@ -14,9 +14,18 @@ use tim_proto::{AffectedParams, AffectedReply, Request, Response, WhyParams, Why
 
 /// The plugin's files, embedded at build time.
 const PLUGIN: &[(&str, &str)] = &[
-    ("__init__.py", include_str!("../../python/pytest_tim/__init__.py")),
-    ("_client.py", include_str!("../../python/pytest_tim/_client.py")),
-    ("_recorder.py", include_str!("../../python/pytest_tim/_recorder.py")),
+    (
+        "__init__.py",
+        include_str!("../../python/pytest_tim/__init__.py"),
+    ),
+    (
+        "_client.py",
+        include_str!("../../python/pytest_tim/_client.py"),
+    ),
+    (
+        "_recorder.py",
+        include_str!("../../python/pytest_tim/_recorder.py"),
+    ),
 ];
 
 /// Overrides the interpreter `tim run` uses.
@@ -88,7 +97,9 @@ fn request<T>(
     let name = response.type_name();
     match pick(response) {
         Some(v) => Ok((v, warnings)),
-        None => Err(ClientError::Protocol(format!("`{name}` in answer to {kind}"))),
+        None => Err(ClientError::Protocol(format!(
+            "`{name}` in answer to {kind}"
+        ))),
     }
 }
 
@@ -101,10 +112,14 @@ pub fn affected_query(
             "the running daemon predates test selection; run `tim daemon restart`".into(),
         ));
     }
-    request(conn, Request::Affected(AffectedParams { python }), |r| match r {
-        Response::Affected(a) => Some(a),
-        _ => None,
-    })
+    request(
+        conn,
+        Request::Affected(AffectedParams { python }),
+        |r| match r {
+            Response::Affected(a) => Some(a),
+            _ => None,
+        },
+    )
 }
 
 pub struct RunArgs {
@@ -162,10 +177,12 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     if let Some(bin) = tim_bin {
         command.env("TIM_BIN", bin);
     }
-    let status = command.status().map_err(|e| ClientError::Usage(format!(
-        "cannot run {}: {e}; point tim at your interpreter with --python PATH or {PYTHON_ENV}",
-        python.display()
-    )))?;
+    let status = command.status().map_err(|e| {
+        ClientError::Usage(format!(
+            "cannot run {}: {e}; point tim at your interpreter with --python PATH or {PYTHON_ENV}",
+            python.display()
+        ))
+    })?;
     let code = match status.code() {
         Some(code) => code,
         // Killed by a signal (Ctrl-C reaches pytest too).
@@ -191,10 +208,19 @@ fn summary(reply: &AffectedReply) -> String {
     let mut parts: Vec<String> = common
         .iter()
         .take(3)
-        .map(|(r, n)| if *n == 1 { (*r).to_owned() } else { format!("{r} ×{n}") })
+        .map(|(r, n)| {
+            if *n == 1 {
+                (*r).to_owned()
+            } else {
+                format!("{r} ×{n}")
+            }
+        })
         .collect();
     if common.len() > 3 {
-        parts.push(format!("{} more reasons: see `tim affected`", common.len() - 3));
+        parts.push(format!(
+            "{} more reasons: see `tim affected`",
+            common.len() - 3
+        ));
     }
     let new_files = reply
         .collect
@@ -208,7 +234,11 @@ fn summary(reply: &AffectedReply) -> String {
         "tim: {} of {} known tests affected{}; collecting {} files",
         reply.tests.len(),
         reply.total,
-        if parts.is_empty() { String::new() } else { format!(" ({})", parts.join("; ")) },
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join("; "))
+        },
         reply.collect.len()
     )
 }
@@ -243,7 +273,11 @@ pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::R
         }
     }
     for c in &reply.collect {
-        let interesting: Vec<&String> = c.reasons.iter().filter(|r| !r.ends_with(" affected")).collect();
+        let interesting: Vec<&String> = c
+            .reasons
+            .iter()
+            .filter(|r| !r.ends_with(" affected"))
+            .collect();
         if !interesting.is_empty() {
             writeln!(out, "{} (to collect)", c.file).map_err(w)?;
             for r in interesting {
@@ -276,7 +310,10 @@ pub fn why(layout: &Layout, test: String, json: bool) -> anyhow::Result<u8> {
     }
     print_warnings(&warnings);
     if !reply.known {
-        println!("{}: not recorded yet, so it is affected (it runs as a new test)", reply.id);
+        println!(
+            "{}: not recorded yet, so it is affected (it runs as a new test)",
+            reply.id
+        );
         return Ok(exit::OK);
     }
     println!(

@@ -14,7 +14,14 @@
 //!
 //! So editing a method body changes that method's block only; editing a
 //! class attribute, a default argument or a decorator argument changes the
-//! module block. Hashes are over the token stream with nesting made
+//! module block.
+//!
+//! Test files and conftest files are parsed in [`Mode::Pytest`]: pytest finds
+//! their test functions, test classes and fixtures by name, nothing imports
+//! them, so each top-level function and `Test*` class is a block of its own
+//! *including* its decorators and signature, and is left out of the module
+//! block. Adding a test or a fixture then affects no other test, while a
+//! changed `parametrize` list affects exactly the test it decorates. Hashes are over the token stream with nesting made
 //! explicit and comments dropped, so comment and whitespace edits change no
 //! block while an indentation change that moves a statement does.
 
@@ -24,6 +31,13 @@ use tree_sitter::{Node, Parser};
 
 /// The module block's name.
 pub const MODULE_BLOCK: &str = "<module>";
+
+/// How a file's definitions are cut into blocks (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Library,
+    Pytest,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Block {
@@ -97,8 +111,13 @@ struct Walker<'s> {
     imports: Vec<Import>,
 }
 
-/// Parses `src` (Python source bytes).
+/// Parses `src` (Python source bytes) as a library module.
 pub fn parse(src: &[u8]) -> ParsedModule {
+    parse_as(src, Mode::Library)
+}
+
+/// Parses `src` in the given mode.
+pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
     let mut parser = Parser::new();
     parser
         .set_language(&tree_sitter_python::LANGUAGE.into())
@@ -119,13 +138,11 @@ pub fn parse(src: &[u8]) -> ParsedModule {
     };
     let last_line = root.end_position().row as u32 + 1;
     let mut module = Acc::new(1, last_line);
-    walker.walk(
-        root,
-        &Scope::Module {
-            prefix: String::new(),
-        },
-        &mut module,
-    );
+    let top = Scope::Module {
+        prefix: String::new(),
+        standalone: mode == Mode::Pytest,
+    };
+    walker.walk(root, &top, &mut module);
     let mut blocks = vec![Block {
         name: MODULE_BLOCK.to_owned(),
         hash: ContentHash(*module.hasher.finalize().as_bytes()),
@@ -169,8 +186,10 @@ fn first_error(node: Node) -> Option<SyntaxError> {
 
 /// Where a node sits: at module or class level (definitions there get
 /// blocks of their own), or inside a function body (everything inline).
+/// `standalone`: definitions here are whole blocks, headers included, and
+/// leave no trace in the enclosing block (pytest mode, see the module docs).
 enum Scope {
-    Module { prefix: String },
+    Module { prefix: String, standalone: bool },
     Function,
 }
 
@@ -180,16 +199,28 @@ impl<'s> Walker<'s> {
     }
 
     fn walk(&mut self, node: Node, scope: &Scope, acc: &mut Acc) {
+        if let Scope::Module {
+            prefix,
+            standalone: true,
+        } = scope
+            && matches!(
+                node.kind(),
+                "decorated_definition" | "function_definition" | "class_definition"
+            )
+            && self.standalone(node, prefix)
+        {
+            return;
+        }
         match node.kind() {
             "comment" => return,
             "function_definition" => {
-                if let Scope::Module { prefix } = scope {
+                if let Scope::Module { prefix, .. } = scope {
                     self.function(node, prefix, acc);
                     return;
                 }
             }
             "class_definition" => {
-                if let Scope::Module { prefix } = scope {
+                if let Scope::Module { prefix, .. } = scope {
                     self.class(node, prefix, acc);
                     return;
                 }
@@ -264,6 +295,7 @@ impl<'s> Walker<'s> {
             .unwrap_or_default();
         let inner = Scope::Module {
             prefix: format!("{prefix}{name}."),
+            standalone: false,
         };
         let body = node.child_by_field_name("body");
         let mut cursor = node.walk();
@@ -277,6 +309,75 @@ impl<'s> Walker<'s> {
                 self.walk(child, &Scope::Function, acc);
             }
         }
+    }
+
+    /// Pytest mode: a top-level function (or a method of a `Test*` class)
+    /// becomes a block with its decorators and signature; a `Test*` class
+    /// becomes a block of its class-level code, its methods blocks of their
+    /// own. Returns false for anything else (handled as usual).
+    fn standalone(&mut self, node: Node, prefix: &str) -> bool {
+        let def = if node.kind() == "decorated_definition" {
+            match node.child_by_field_name("definition") {
+                Some(d) => d,
+                None => return false,
+            }
+        } else {
+            node
+        };
+        let name = def
+            .child_by_field_name("name")
+            .map(|n| String::from_utf8_lossy(self.text(n)).into_owned())
+            .unwrap_or_default();
+        let qualname = format!("{prefix}{name}");
+        let first = node.start_position().row as u32 + 1;
+        let last = node.end_position().row as u32 + 1;
+        let mut acc = self
+            .functions
+            .remove(&qualname)
+            .unwrap_or_else(|| Acc::new(first, last));
+        acc.first_line = acc.first_line.min(first);
+        acc.last_line = acc.last_line.max(last);
+        match def.kind() {
+            "function_definition" => self.tokens(node, &Scope::Function, &mut acc),
+            "class_definition" if name.starts_with("Test") => {
+                let body = def.child_by_field_name("body");
+                let inner = Scope::Module {
+                    prefix: format!("{qualname}."),
+                    standalone: true,
+                };
+                // Decorators (when decorated), then the class header and body.
+                let mut cursor = node.walk();
+                let outer: Vec<Node> = if node == def {
+                    vec![def]
+                } else {
+                    node.children(&mut cursor).collect()
+                };
+                for child in outer {
+                    if child != def {
+                        self.walk(child, &Scope::Function, &mut acc);
+                        continue;
+                    }
+                    let mut cursor = def.walk();
+                    let parts: Vec<Node> = def.children(&mut cursor).collect();
+                    for part in parts {
+                        if Some(part) == body {
+                            self.tokens(part, &inner, &mut acc);
+                        } else {
+                            self.walk(part, &Scope::Function, &mut acc);
+                        }
+                    }
+                }
+            }
+            _ => {
+                // Put back what we took: not ours to handle.
+                if acc.hasher.count() > 0 || self.functions.contains_key(&qualname) {
+                    self.functions.insert(qualname, acc);
+                }
+                return false;
+            }
+        }
+        self.functions.insert(qualname, acc);
+        true
     }
 
     fn import(&mut self, node: Node) {
@@ -491,6 +592,73 @@ def top(x=1):
             let after = BASE.replacen(from, to, 1);
             assert_eq!(changed(BASE, &after), *expected, "{what}");
         }
+    }
+
+    #[test]
+    fn pytest_mode_keeps_tests_and_fixtures_out_of_the_module_block() {
+        const TESTS: &str = r#"import pytest
+from app import shapes
+
+DATA = [1, 2]
+
+@pytest.fixture(scope="session")
+def model():
+    return shapes.Square(3)
+
+@pytest.mark.parametrize("x", DATA)
+def test_one(x, model):
+    assert x
+
+class TestGroup:
+    factor = 2
+
+    @pytest.mark.parametrize("y", [1, 2])
+    def test_m(self, y):
+        assert y * self.factor
+"#;
+        let blocks = |src: &str| -> BTreeMap<String, ContentHash> {
+            parse_as(src.as_bytes(), Mode::Pytest)
+                .blocks
+                .into_iter()
+                .map(|b| (b.name, b.hash))
+                .collect()
+        };
+        let changed = |from: &str, to: &str| -> Vec<String> {
+            assert!(TESTS.contains(from), "{from}");
+            let (a, b) = (blocks(TESTS), blocks(&TESTS.replacen(from, to, 1)));
+            let mut names: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().filter(|n| a.get(n) != b.get(n)).collect()
+        };
+        assert_eq!(
+            blocks(TESTS).into_keys().collect::<Vec<_>>(),
+            [
+                "<module>",
+                "TestGroup",
+                "TestGroup.test_m",
+                "model",
+                "test_one"
+            ]
+        );
+        assert_eq!(
+            changed(
+                "class TestGroup:",
+                "def test_new():\n    pass\n\nclass TestGroup:"
+            ),
+            ["test_new"]
+        );
+        assert_eq!(changed("\"x\", DATA", "\"x\", DATA[:1]"), ["test_one"]);
+        assert_eq!(changed("[1, 2])", "[1, 2, 3])"), ["TestGroup.test_m"]);
+        assert_eq!(changed("factor = 2", "factor = 3"), ["TestGroup"]);
+        assert_eq!(changed("scope=\"session\"", "scope=\"module\""), ["model"]);
+        assert_eq!(changed("DATA = [1, 2]", "DATA = [1, 2, 3]"), ["<module>"]);
+        // A library file keeps function names in the module block.
+        let lib = |src: &str| parse(src.as_bytes()).block(MODULE_BLOCK).unwrap().hash;
+        assert_ne!(
+            lib("def f():\n    pass\n"),
+            lib("def f():\n    pass\ndef g():\n    pass\n")
+        );
     }
 
     #[test]

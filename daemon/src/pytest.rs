@@ -14,7 +14,7 @@ use crate::impact::{Dep, Evaluator, Reason, Tree};
 use crate::imports::{Files, ImportGraph, Resolver};
 use crate::index::{ContentHash, Index, RepoPath};
 use crate::pyenv::{self, EnvChange, Snapshot};
-use crate::pyparse::{self, MODULE_BLOCK, ParsedModule};
+use crate::pyparse::{self, MODULE_BLOCK, Mode, ParsedModule};
 use crate::scan::Filter;
 use crate::store::{NewTest, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -78,7 +78,7 @@ pub struct Pytest {
     envs: HashMap<i64, Arc<Snapshot>>,
     latest_env: Option<i64>,
     runs: HashMap<u64, RunState>,
-    parsed: HashMap<ContentHash, Arc<ParsedModule>>,
+    parsed: HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
     graph: ImportGraph,
     graph_hashes: HashMap<RepoPath, ContentHash>,
 }
@@ -87,7 +87,18 @@ pub struct Pytest {
 struct Current<'a> {
     index: &'a Index,
     filter: &'a Filter,
-    parsed: &'a mut HashMap<ContentHash, Arc<ParsedModule>>,
+    parsed: &'a mut HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
+}
+
+/// Test files and conftest files are cut into blocks for pytest (see
+/// [`pyparse::Mode`]); everything else as library code.
+fn mode_of(path: &RepoPath) -> Mode {
+    let name = path.split().map_or(path.as_str(), |(_, n)| n);
+    if is_test_file(path) || name == "conftest.py" {
+        Mode::Pytest
+    } else {
+        Mode::Library
+    }
 }
 
 impl Tree for Current<'_> {
@@ -102,8 +113,9 @@ impl Tree for Current<'_> {
     }
 
     fn parsed(&mut self, path: &RepoPath) -> Option<Arc<ParsedModule>> {
+        let mode = mode_of(path);
         if let Some(meta) = self.index.get(path)
-            && let Some(parsed) = self.parsed.get(&meta.hash)
+            && let Some(parsed) = self.parsed.get(&(meta.hash, mode))
         {
             return Some(parsed.clone());
         }
@@ -111,8 +123,8 @@ impl Tree for Current<'_> {
         let hash = ContentHash::of(&bytes);
         let parsed = self
             .parsed
-            .entry(hash)
-            .or_insert_with(|| Arc::new(pyparse::parse(&bytes)))
+            .entry((hash, mode))
+            .or_insert_with(|| Arc::new(pyparse::parse_as(&bytes, mode)))
             .clone();
         Some(parsed)
     }
@@ -758,13 +770,30 @@ impl Pytest {
         };
         let mut eval = Evaluator::new(&mut tree, None);
         for (file, (set, _)) in &self.collections {
-            if let Some(deps) = self.depsets.get(set)
-                && let Some(reason) = eval.reasons(deps.iter()).into_iter().next()
-            {
-                collect
-                    .entry(file.clone())
-                    .or_default()
-                    .insert(format!("collect again: {reason}"));
+            let Some(deps) = self.depsets.get(set) else {
+                continue;
+            };
+            // Any edit of the test file itself may add or rename tests.
+            let recorded = deps.iter().find_map(|d| match d {
+                Dep::Code {
+                    file: f, file_hash, ..
+                } if f == file => Some(*file_hash),
+                _ => None,
+            });
+            let edited = match recorded {
+                Some(Some(hash)) => ctx.index.get(file).map(|m| m.hash) != Some(hash),
+                _ => true,
+            };
+            let reason = if edited {
+                Some(format!("collect again: {file} changed"))
+            } else {
+                eval.reasons(deps.iter())
+                    .into_iter()
+                    .next()
+                    .map(|r| format!("collect again: {r}"))
+            };
+            if let Some(reason) = reason {
+                collect.entry(file.clone()).or_default().insert(reason);
             }
         }
         drop(eval);

@@ -354,3 +354,14 @@ pub fn wait_gone(pid: u32) {
         assert_eq!(ready, 1, "process {pid} did not exit in time");
     }
 }
+
+/// The Python interpreter (with pytest installed) the pytest tests use:
+/// `$TIM_TEST_PYTHON`, which `scripts/test` sets up.
+pub fn test_python() -> String {
+    std::env::var("TIM_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "the pytest integration tests need a Python with pytest: run scripts/test, \
+             or set TIM_TEST_PYTHON=/path/to/venv/bin/python"
+        )
+    })
+}
