@@ -6,6 +6,7 @@ mod support;
 
 mod lifecycle;
 mod protocol;
+mod pytest_runs;
 mod pytest_selection;
 mod store;
 mod watcher;

@@ -52,18 +52,24 @@ pub fn choose_python(root: &Path, explicit: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
-fn canonical_python(python: &Path) -> Option<String> {
-    let resolved = if python.components().count() > 1 {
-        python.canonicalize().ok()?
+/// The identity of an interpreter's environment, as the plugin reports it:
+/// `venv:<prefix>` for a virtualenv's interpreter (any of its `python`,
+/// `python3`, ... names), else the interpreter's real path.
+fn python_identity(python: &Path) -> Option<String> {
+    let path = if python.components().count() > 1 {
+        std::path::absolute(python).ok()?
     } else {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
+        let dirs = std::env::var_os("PATH")?;
+        std::env::split_paths(&dirs)
             .map(|dir| dir.join(python))
             .find(|p| p.exists())?
-            .canonicalize()
-            .ok()?
     };
-    Some(resolved.display().to_string())
+    if let Some(prefix) = path.parent().and_then(Path::parent)
+        && prefix.join("pyvenv.cfg").exists()
+    {
+        return Some(format!("venv:{}", prefix.canonicalize().ok()?.display()));
+    }
+    Some(path.canonicalize().ok()?.display().to_string())
 }
 
 /// Writes the embedded plugin under `.tim/python/` (only what differs) and
@@ -139,7 +145,7 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
         eprintln!("tim: running every test and recording what each depends on");
         "all"
     } else {
-        let (reply, warnings) = affected_query(&mut conn, canonical_python(&python))?;
+        let (reply, warnings) = affected_query(&mut conn, python_identity(&python))?;
         print_warnings(&warnings);
         if let Some(why) = &reply.run_all {
             eprintln!("tim: running every test: {why}");
@@ -253,7 +259,7 @@ fn print_warnings(warnings: &[String]) {
 pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::Result<u8> {
     let python = choose_python(&layout.root, python);
     let mut conn = connect::connect(layout)?;
-    let (reply, warnings) = affected_query(&mut conn, canonical_python(&python))?;
+    let (reply, warnings) = affected_query(&mut conn, python_identity(&python))?;
     if json {
         crate::print_json(&crate::with_warnings(&reply, &warnings))?;
         return Ok(exit::OK);

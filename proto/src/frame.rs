@@ -346,9 +346,10 @@ mod tests {
             }),
         };
         let text = String::from_utf8(encode_request(&frame)).unwrap();
-        assert!(
-            text.contains(r#""protocol":{"major":1,"minor":0}"#),
-            "{text}"
+        let expected = format!(
+            r#""protocol":{{"major":{},"minor":{}}}"#,
+            PROTOCOL.major, PROTOCOL.minor
         );
+        assert!(text.contains(&expected), "{text}");
     }
 }

@@ -299,7 +299,8 @@ impl ErrorReply {
 /// installed, upgraded or removed package without starting Python.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
-    /// Real path of the interpreter.
+    /// Which interpreter environment: `venv:<real prefix>` for a
+    /// virtualenv, else the interpreter's real path.
     pub python: String,
     /// `3.11.7`.
     pub version: String,
@@ -448,8 +449,9 @@ pub struct EndRunParams {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AffectedParams {
-    /// The interpreter the next run will use, if the client knows it; a
-    /// different one from the last run's affects everything.
+    /// The interpreter environment the next run will use, in the form of
+    /// [`Environment::python`]; a different one from the last run's affects
+    /// everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
 }

@@ -12,6 +12,7 @@ fn frames() -> Vec<(String, Vec<u8>)> {
         .expect("tests/data exists")
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| !p.ends_with("protocol.json"))
         .map(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             (name, std::fs::read(&p).unwrap())
@@ -43,4 +44,14 @@ fn golden_frames_round_trip() {
             "{name}: one line"
         );
     }
+}
+
+/// `protocol.json` holds the current protocol version; the Python plugin's
+/// tests check their side against the same file.
+#[test]
+fn protocol_version_file_matches() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/protocol.json");
+    let v = json(&std::fs::read(path).unwrap());
+    assert_eq!(v["major"], tim_proto::PROTOCOL.major);
+    assert_eq!(v["minor"], tim_proto::PROTOCOL.minor);
 }

@@ -344,12 +344,20 @@ def _environment(root):
         elif real not in site_dirs:
             site_dirs.append(real)
     return {
-        "python": os.path.realpath(sys.executable),
+        "python": _interpreter_identity(),
         "version": sys.version.split()[0],
         "implementation": sys.implementation.name,
         "site_dirs": site_dirs,
         "root_paths": root_paths,
     }
+
+
+def _interpreter_identity():
+    """`venv:<prefix>` for a virtualenv, else the interpreter's real path;
+    `tim` computes the same from a path without starting Python."""
+    if sys.prefix != sys.base_prefix:
+        return "venv:" + os.path.realpath(sys.prefix)
+    return os.path.realpath(sys.executable)
 
 
 def _warn(message):

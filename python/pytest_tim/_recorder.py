@@ -54,11 +54,13 @@ class Context:
         return {
             "code": {f: sorted(names) for f, names in sorted(code.items())},
             "files": sorted(filter(None, (_relative(root, p) for p in self.files))),
-            "dirs": sorted(filter(None, (_relative(root, p) for p in self.dirs))),
+            "dirs": sorted(r for r in (_relative(root, p) for p in self.dirs) if r is not None),
         }
 
 
 def _relative(root, path):
+    if path == root.rstrip(os.sep):
+        return ""
     if not path.startswith(root):
         return None
     rel = path[len(root):]
@@ -72,6 +74,7 @@ class Recorder:
 
     def __init__(self, root):
         self.root = os.path.realpath(root).rstrip(os.sep) + os.sep
+        self._root_dir = self.root.rstrip(os.sep)
         self._state_dir = self.root + ".tim" + os.sep
         self._active = []  # the contexts receiving events; mutated in place
         self._backend = _MonitoringBackend(self) if hasattr(sys, "monitoring") else _TraceBackend(self)
@@ -122,7 +125,7 @@ class Recorder:
         except TypeError:
             return
         path = os.path.abspath(path)
-        if not path.startswith(self.root) or path.startswith(self._state_dir):
+        if not (path.startswith(self.root) or path == self._root_dir) or path.startswith(self._state_dir):
             return
         if kind == "files":
             # Python sources are tracked as code; bytecode is derived.

@@ -1,0 +1,70 @@
+"""The recorder: code objects into nested contexts, files through the audit
+hook, and nothing outside the root or inside .tim."""
+
+import importlib
+import sys
+
+import pytest
+
+from pytest_tim._recorder import Recorder
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "mod.py").write_text(
+        "def first():\n    return 1\n\n\ndef second():\n    def inner():\n        return 2\n    return inner()\n"
+    )
+    (root / "data.json").write_text("{}")
+    (root / ".tim").mkdir()
+    (root / ".tim" / "state").write_text("x")
+    monkeypatch.syspath_prepend(str(root))
+    for name in ("pkg", "pkg.mod"):
+        sys.modules.pop(name, None)
+    recorder = Recorder(str(root))
+    recorder.start()
+    yield root, recorder
+    recorder.stop()
+
+
+def test_nested_contexts_each_see_what_ran_while_they_were_open(project):
+    root, recorder = project
+    mod = importlib.import_module("pkg.mod")
+    test = recorder.push()
+    mod.first()
+    fixture = recorder.push()
+    mod.first()  # seen before by the test; the fixture must still get it
+    mod.second()
+    recorder.pop(fixture)
+    recorder.pop(test)
+    wire = test.to_wire(recorder.root)
+    assert wire["code"] == {"pkg/mod.py": ["first", "second", "second.<locals>.inner"]}
+    assert fixture.to_wire(recorder.root)["code"] == {"pkg/mod.py": ["first", "second", "second.<locals>.inner"]}
+
+
+def test_files_read_are_recorded_writes_and_outside_paths_are_not(project, tmp_path):
+    root, recorder = project
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    ctx = recorder.push()
+    (root / "data.json").read_text()
+    (root / "out.txt").write_text("written, not read")
+    outside.read_text()
+    (root / ".tim" / "state").read_text()
+    sorted((p.name for p in root.iterdir()))
+    recorder.pop(ctx)
+    wire = ctx.to_wire(recorder.root)
+    assert wire["files"] == ["data.json"]
+    assert wire["dirs"] == [""]
+
+
+def test_nothing_is_recorded_outside_contexts(project):
+    root, recorder = project
+    mod = importlib.import_module("pkg.mod")
+    mod.first()
+    (root / "data.json").read_text()
+    ctx = recorder.push()
+    recorder.pop(ctx)
+    assert ctx.to_wire(recorder.root) == {"code": {}, "files": [], "dirs": []}

@@ -1,0 +1,265 @@
+//! Whole runs with real pytest: the user's own `pytest --tim`, xdist
+//! workers, and environment changes made with pip.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SMALL: &[(&str, &str)] = &[
+    (
+        "pyproject.toml",
+        "[project]\nname = \"small\"\nversion = \"0\"\n",
+    ),
+    ("lib/__init__.py", ""),
+    ("lib/a.py", "def one():\n    return 1\n"),
+    ("lib/b.py", "def two():\n    return 2\n"),
+    (
+        "tests/test_a.py",
+        "from lib.a import one\n\n\ndef test_one():\n    assert one() == 1\n\n\ndef test_one_again():\n    assert one() + 1 == 2\n",
+    ),
+    (
+        "tests/test_b.py",
+        "import pytest\n\nfrom lib.b import two\n\n\n@pytest.mark.parametrize('n', range(6))\ndef test_two(n):\n    assert two() * n == 2 * n\n",
+    ),
+];
+
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../python")
+}
+
+/// `python -m pytest ARGS` in the project, as a user would run it, with the
+/// plugin importable from the source tree.
+fn pytest(p: &Project, python: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(python)
+        .current_dir(&p.root)
+        .args(["-m", "pytest", "-p", "pytest_tim"])
+        .args(args)
+        .env("PYTHONPATH", plugin_dir())
+        .env("TIM_RUNTIME_DIR", &p.runtime)
+        .env("TIM_BIN", TIM)
+        .env("TIM_DAEMON", TIMD)
+        .env_remove("TIM_MODE")
+        .env_remove("TIM_SOCKET")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn affected_ids(p: &Project) -> Vec<String> {
+    let v = p.tim_json(&["affected", "--json"]);
+    v["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_users_own_pytest_command_with_tim() {
+    let p = Project::with_files(SMALL);
+    let python = test_python();
+    // The first run starts the daemon through `tim`, records everything.
+    let (code, out) = pytest(&p, &python, &["--tim"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("8 passed"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    // Nothing changed: everything is deselected.
+    let (code, out) = pytest(&p, &python, &["--tim"]);
+    assert_eq!(
+        code, 5,
+        "pytest's own code when every test is deselected: {out}"
+    );
+    assert!(
+        out.contains("tim: running 0 of 8 tests (8 unaffected)"),
+        "{out}"
+    );
+    p.write("lib/a.py", "def one():\n    return 1 * 1\n");
+    let (code, out) = pytest(&p, &python, &["--tim", "-v"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("tim: running 2 of 8 tests (6 unaffected)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test_one PASSED") && out.contains("test_one_again PASSED"),
+        "{out}"
+    );
+    assert!(affected_ids(&p).is_empty());
+}
+
+#[test]
+fn xdist_workers_record_once_and_select_alike() {
+    let mut p = Project::with_files(SMALL);
+    p.env("TIM_PYTHON", &test_python());
+    let out = p.tim(&["run", "--all", "--", "-n", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("8 passed"), "{stdout}");
+    assert!(
+        affected_ids(&p).is_empty(),
+        "every test was recorded by some worker"
+    );
+    let status = p.status();
+    assert_eq!(status["changed_since_last_run"], serde_json::json!([]));
+
+    p.write("lib/b.py", "def two():\n    return 1 + 1\n");
+    assert_eq!(affected_ids(&p).len(), 6);
+    let out = p.tim(&["run", "--", "-n", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6 passed"), "{stdout}");
+    assert!(
+        !stdout.contains("Different tests were collected"),
+        "{stdout}"
+    );
+    assert!(affected_ids(&p).is_empty());
+    // Each result is recorded once per run.
+    let db = rusqlite::Connection::open(p.path(".tim/tim.db")).unwrap();
+    let (rows, distinct): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT node_id) FROM result WHERE run_id = (SELECT MAX(id) FROM run)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, distinct), (6, 6));
+}
+
+/// Builds a wheel of `tinydep` (a module with `VALUE`) with the standard
+/// library, so pip can install it without a network.
+const WHEEL_SCRIPT: &str = r#"
+import base64, hashlib, sys, zipfile
+out, version, value = sys.argv[1], sys.argv[2], sys.argv[3]
+info = f"tinydep-{version}.dist-info"
+files = {
+    "tinydep/__init__.py": f"VALUE = {value}\n",
+    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: tinydep\nVersion: {version}\n",
+    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tim-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    f"{info}/top_level.txt": "tinydep\n",
+}
+name = f"{out}/tinydep-{version}-py3-none-any.whl"
+record = []
+with zipfile.ZipFile(name, "w") as z:
+    for path, text in files.items():
+        data = text.encode()
+        z.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+print(name)
+"#;
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn installing_and_upgrading_a_package_affects_its_importers() {
+    let base = test_python();
+    let mut p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"envy\"\nversion = \"0\"\n",
+        ),
+        (
+            "tests/test_dep.py",
+            "import tinydep\n\n\ndef test_value():\n    assert tinydep.VALUE >= 1\n",
+        ),
+        (
+            "tests/test_plain.py",
+            "def test_plain():\n    assert True\n",
+        ),
+    ]);
+    // A virtualenv of its own that sees the test environment's pytest.
+    let venv = p.root.parent().unwrap().join("venv");
+    run_ok(
+        Command::new(&base)
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv),
+    );
+    let python = venv.join("bin/python").display().to_string();
+    let purelib = |py: &str| {
+        run_ok(Command::new(py).args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ]))
+    };
+    std::fs::write(
+        Path::new(&purelib(&python)).join("base.pth"),
+        purelib(&base),
+    )
+    .unwrap();
+    let wheels = p.root.parent().unwrap().join("wheels");
+    std::fs::create_dir_all(&wheels).unwrap();
+    let wheel = |version: &str, value: &str| {
+        run_ok(
+            Command::new(&python)
+                .args(["-c", WHEEL_SCRIPT])
+                .arg(&wheels)
+                .args([version, value]),
+        )
+    };
+    let pip_install = |wheel: &str| {
+        run_ok(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            wheel,
+        ]));
+    };
+    pip_install(&wheel("1.0", "1"));
+    p.env("TIM_PYTHON", &python);
+    let out = p.tim(&["run", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(affected_ids(&p).is_empty());
+
+    pip_install(&wheel("1.1", "2"));
+    let v = p.tim_json(&["affected", "--json"]);
+    assert_eq!(v["tests"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["tests"][0]["id"], "tests/test_dep.py::test_value");
+    assert_eq!(
+        v["tests"][0]["reasons"][0], "environment: tinydep 1.0→1.1",
+        "{v:#}"
+    );
+    let out = p.tim(&["run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}"
+    );
+    assert!(affected_ids(&p).is_empty());
+
+    // A different interpreter affects everything, and says so.
+    let v = p.tim_json(&["affected", "--json", "--python", &base]);
+    let why = v["run_all"].as_str().unwrap_or_default();
+    assert!(why.starts_with("environment: python"), "{v:#}");
+}
