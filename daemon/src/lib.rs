@@ -267,8 +267,9 @@ fn run(args: &Args, reporter: &mut Reporter) -> Result<(), Failure> {
     let server = Arc::new(server::Server::new(events_tx.clone(), identity));
     runtime.block_on(async {
         let signals = tokio::spawn(forward_signals(events_tx));
-        server::serve(listener, server, stop_rx).await;
+        server::serve(listener, server.clone(), stop_rx).await;
         signals.abort();
+        server.drained(std::time::Duration::from_secs(2)).await;
     });
 
     match core_thread.join() {

@@ -13,7 +13,7 @@ use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tim_proto::{
     DAEMON_CAPABILITIES, ErrorCode, ErrorReply, HelloReply, MAX_FRAME_BYTES, Request, RequestFrame,
     Response, ResponseFrame, decode_request, encode_response,
@@ -37,6 +37,9 @@ pub struct Server {
     pub core: std::sync::mpsc::Sender<Event>,
     pub identity: Identity,
     next_subscription: AtomicU64,
+    /// Requests read but not yet answered; shutdown waits for them.
+    in_flight: AtomicUsize,
+    answered: tokio::sync::Notify,
 }
 
 impl Server {
@@ -45,6 +48,44 @@ impl Server {
             core,
             identity,
             next_subscription: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+            answered: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits (at most `limit`) until every request read so far has been
+    /// answered, so that stopping the runtime does not swallow a reply, such
+    /// as the `ok` to the `shutdown` that caused the stop.
+    pub async fn drained(&self, limit: std::time::Duration) {
+        let wait = async {
+            loop {
+                let notified = self.answered.notified();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!("shutting down with requests still unanswered");
+        }
+    }
+}
+
+/// Counts one request as in flight until dropped.
+struct InFlight(Arc<Server>);
+
+impl InFlight {
+    fn new(server: &Arc<Server>) -> Self {
+        server.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(server.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.answered.notify_waiters();
         }
     }
 }
@@ -153,6 +194,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let _in_flight = InFlight::new(&server);
         let RequestFrame { id, request } = match decode_request(&buf) {
             Ok(frame) => frame,
             Err(e) => {
