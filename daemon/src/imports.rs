@@ -258,7 +258,8 @@ mod tests {
             "ns/plain.py",
         ]);
         // (what, importer, source, files, external)
-        let cases: &[(&str, &str, &str, &[&str], &[&str])] = &[
+        type Case<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 "dotted import runs every package __init__",
                 "tests/test_core.py",

@@ -114,10 +114,10 @@ fn read_dist(info: &Path, key: &str, version: &str) -> Dist {
                 && path.contains('/')
             {
                 top_level.insert(module.to_owned());
-            } else if first.ends_with(".so") || first.ends_with(".pyd") {
-                if let Some(module) = first.split('.').next() {
-                    top_level.insert(module.to_owned());
-                }
+            } else if (first.ends_with(".so") || first.ends_with(".pyd"))
+                && let Some(module) = first.split('.').next()
+            {
+                top_level.insert(module.to_owned());
             }
         }
     }

@@ -968,7 +968,10 @@ mod tests {
         assert!(sets.iter().any(|(_, d)| *d == deps));
         assert_eq!(store.load_collections().unwrap().len(), 1);
         store
-            .forget(&["tests/test_m.py::test_a".into()], &[file.clone()])
+            .forget(
+                &["tests/test_m.py::test_a".into()],
+                std::slice::from_ref(&file),
+            )
             .unwrap();
         assert_eq!(store.load_tests().unwrap().len(), 1);
         assert_eq!(
