@@ -160,9 +160,22 @@ def test_double(a, b):
 
 const ALL_TESTS: usize = 14;
 
-fn recorded_sample() -> Project {
+/// Which recorder the plugin uses depends on the interpreter.
+#[derive(Clone, Copy)]
+enum Recorder {
+    /// Python 3.11: call events from `sys.settrace`.
+    Trace,
+    /// Python >= 3.12: `sys.monitoring`.
+    Monitoring,
+}
+
+fn recorded_sample_with(recorder: Recorder) -> Project {
     let mut p = Project::with_files(SAMPLE);
-    p.env("TIM_PYTHON", &test_python());
+    let (python, banner) = match recorder {
+        Recorder::Trace => (test_python(), "recording with sys.settrace"),
+        Recorder::Monitoring => (test_python_monitoring(), "recording with sys.monitoring"),
+    };
+    p.env("TIM_PYTHON", &python);
     let out = p.tim(&["run", "--all"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -171,7 +184,12 @@ fn recorded_sample() -> Project {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(stdout.contains(banner), "expected {banner:?}:\n{stdout}");
     p
+}
+
+fn recorded_sample() -> Project {
+    recorded_sample_with(Recorder::Trace)
 }
 
 fn affected(p: &Project) -> (BTreeSet<String>, serde_json::Value) {
@@ -194,7 +212,16 @@ fn edit(p: &Project, path: &str, from: &str, to: &str) {
 /// One edit, the exact set of affected tests, and a reason that must be
 /// among theirs.
 fn check(edits: &[(&str, &str, &str)], expected: &[&str], reason: &str) -> Project {
-    let p = recorded_sample();
+    check_with(Recorder::Trace, edits, expected, reason)
+}
+
+fn check_with(
+    recorder: Recorder,
+    edits: &[(&str, &str, &str)],
+    expected: &[&str],
+    reason: &str,
+) -> Project {
+    let p = recorded_sample_with(recorder);
     let (before, _) = affected(&p);
     assert!(
         before.is_empty(),
@@ -222,11 +249,21 @@ fn check(edits: &[(&str, &str, &str)], expected: &[&str], reason: &str) -> Proje
     p
 }
 
+/// Each scenario runs with both recorders.
 macro_rules! selection {
     ($($name:ident: [$($edit:expr),* $(,)?] => [$($id:expr),* $(,)?], $reason:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            check(&[$($edit),*], &[$($id),*], $reason);
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn settrace() {
+                check_with(Recorder::Trace, &[$($edit),*], &[$($id),*], $reason);
+            }
+
+            #[test]
+            fn monitoring() {
+                check_with(Recorder::Monitoring, &[$($edit),*], &[$($id),*], $reason);
+            }
         }
     )*};
 }

@@ -365,3 +365,15 @@ pub fn test_python() -> String {
         )
     })
 }
+
+/// A Python >= 3.12 with pytest, where the plugin records with
+/// `sys.monitoring`: `$TIM_TEST_PYTHON_MONITORING`, which `scripts/test`
+/// sets up (`scripts/python313`).
+pub fn test_python_monitoring() -> String {
+    std::env::var("TIM_TEST_PYTHON_MONITORING").unwrap_or_else(|_| {
+        panic!(
+            "the sys.monitoring tests need a Python >= 3.12 with pytest: run scripts/test, \
+             or set TIM_TEST_PYTHON_MONITORING (scripts/python313 prints one)"
+        )
+    })
+}
