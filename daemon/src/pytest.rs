@@ -424,7 +424,10 @@ impl Pytest {
         let mut out = BTreeSet::new();
         for (file, qualnames) in &deps.code {
             let path = RepoPath::new(file.clone());
-            if is_state_path(&path) {
+            // Untracked code (an ignored directory, a virtualenv inside the
+            // root) is not project code: installed packages are tracked as
+            // the environment.
+            if is_state_path(&path) || ctx.index.get(&path).is_none() {
                 continue;
             }
             // A file that changed after the run began may have run in its

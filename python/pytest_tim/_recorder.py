@@ -46,16 +46,33 @@ class Context:
         code = {}
         for c in self.code:
             rel = _relative(root, c.co_filename)
-            # tim's own state (the plugin copy under .tim/python) is no
-            # dependency of anything.
-            if rel is None or rel.startswith(".tim/"):
+            if rel is None or _excluded(rel):
                 continue
             code.setdefault(rel, set()).add(getattr(c, "co_qualname", c.co_name))
         return {
             "code": {f: sorted(names) for f, names in sorted(code.items())},
-            "files": sorted(filter(None, (_relative(root, p) for p in self.files))),
-            "dirs": sorted(r for r in (_relative(root, p) for p in self.dirs) if r is not None),
+            "files": sorted(r for r in (_relative(root, p) for p in self.files) if r and not _excluded(r)),
+            "dirs": sorted(r for r in (_relative(root, p) for p in self.dirs) if r is not None and not _excluded(r)),
         }
+
+
+def _environment_prefixes(root):
+    """Root-relative prefixes of the interpreter's own trees when they lie
+    inside the root (a `.venv/` in the project): installed packages are
+    tracked as the environment, not as project code."""
+    out = [".tim/"]
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        rel = _relative(root, os.path.realpath(prefix))
+        if rel:
+            out.append(rel.rstrip("/") + "/")
+    return tuple(out)
+
+
+_EXCLUDED = (".tim/",)
+
+
+def _excluded(rel):
+    return rel.startswith(_EXCLUDED) or "/site-packages/" in rel or "/dist-packages/" in rel
 
 
 def _relative(root, path):
@@ -74,6 +91,8 @@ class Recorder:
 
     def __init__(self, root):
         self.root = os.path.realpath(root).rstrip(os.sep) + os.sep
+        global _EXCLUDED
+        _EXCLUDED = _environment_prefixes(self.root)
         self._root_dir = self.root.rstrip(os.sep)
         self._state_dir = self.root + ".tim" + os.sep
         self._active = []  # the contexts receiving events; mutated in place

@@ -68,3 +68,23 @@ def test_nothing_is_recorded_outside_contexts(project):
     ctx = recorder.push()
     recorder.pop(ctx)
     assert ctx.to_wire(recorder.root) == {"code": {}, "files": [], "dirs": []}
+
+
+def test_installed_packages_inside_the_root_are_not_project_code(project, monkeypatch):
+    root, recorder = project
+    site = root / ".venv" / "lib" / "python3" / "site-packages" / "vendored"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("def helper():\n    return 1\n")
+    (site / "DATA.txt").write_text("x")
+    monkeypatch.syspath_prepend(str(site.parent))
+    sys.modules.pop("vendored", None)
+    vendored = importlib.import_module("vendored")
+    mod = importlib.import_module("pkg.mod")
+    ctx = recorder.push()
+    vendored.helper()
+    mod.first()
+    (site / "DATA.txt").read_text()
+    recorder.pop(ctx)
+    wire = ctx.to_wire(recorder.root)
+    assert list(wire["code"]) == ["pkg/mod.py"]
+    assert wire["files"] == []
