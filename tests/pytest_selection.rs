@@ -311,6 +311,10 @@ selection! {
          ("app/numbers.py", "def scale", "# Scaling.\ndef scale")]
         => [],
         "";
+    editing_pyproject_outside_pytests_tables_selects_nothing:
+        [("pyproject.toml", "version = \"0\"", "version = \"1\"")]
+        => [],
+        "";
     a_syntax_error_affects_its_dependents:
         [("app/numbers.py", "factor=2)", "factor=2")]
         => ["tests/test_numbers.py::test_scale"],
@@ -484,4 +488,25 @@ fn why_explains_dependencies() {
     );
     let unknown = p.tim_ok(&["why", "tests/test_nope.py::test_x"]);
     assert!(unknown.contains("not recorded yet"), "{unknown}");
+}
+
+#[test]
+fn changing_pytest_configuration_affects_every_test() {
+    let p = recorded_sample();
+    edit(
+        &p,
+        "pyproject.toml",
+        "testpaths = [\"tests\"]",
+        "testpaths = [\"tests\"]\naddopts = \"-q\"",
+    );
+    let (ids, json) = affected(&p);
+    assert_eq!(ids.len(), ALL_TESTS, "{json:#}");
+    assert!(
+        json["tests"][0]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "pytest configuration: pyproject.toml"),
+        "{json:#}"
+    );
 }

@@ -139,6 +139,16 @@ impl Config {
     }
 }
 
+/// The part of a `pyproject.toml` that configures pytest (`[tool.pytest]`
+/// and its subtables), canonically serialized: edits elsewhere in the file
+/// (dependencies, version) do not change it. `None` when the text is not
+/// valid TOML (callers then use the whole file).
+pub fn pytest_section(pyproject: &str) -> Option<String> {
+    let doc: toml::Table = pyproject.parse().ok()?;
+    let section = doc.get("tool").and_then(|t| t.get("pytest"));
+    Some(section.map(|v| v.to_string()).unwrap_or_default())
+}
+
 fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -200,6 +210,17 @@ mod tests {
         );
         assert!(s("5 weeks").unwrap_err().contains("unit"));
         assert!(s("soon").unwrap_err().contains("duration"));
+    }
+
+    #[test]
+    fn pytest_section_ignores_the_rest_of_pyproject() {
+        let base = "[project]\nversion = \"1\"\n[tool.pytest.ini_options]\naddopts = \"-q\"\n";
+        let bumped = base.replace("version = \"1\"", "version = \"2\"");
+        let changed = base.replace("-q", "-x");
+        assert_eq!(pytest_section(base), pytest_section(&bumped));
+        assert_ne!(pytest_section(base), pytest_section(&changed));
+        assert_eq!(pytest_section("[project]\n").as_deref(), Some(""));
+        assert_eq!(pytest_section("[broken"), None);
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub enum Dep {
         path: RepoPath,
         hash: Option<ContentHash>,
     },
+    /// pytest's configuration in a file: the `[tool.pytest...]` tables of
+    /// `pyproject.toml`, or the whole of `pytest.ini`, `setup.cfg` or
+    /// `tox.ini` (`hash` `None`: the file did not exist).
+    Config {
+        path: RepoPath,
+        hash: Option<ContentHash>,
+    },
     /// A directory listed: the hash of its sorted entry names.
     Dir {
         path: RepoPath,
@@ -58,6 +65,7 @@ pub enum Reason {
     DirChanged(RepoPath),
     SyntaxError { file: RepoPath, line: u32 },
     RecordedDuringEdit(RepoPath),
+    PytestConfig(RepoPath),
     Environment(String),
 }
 
@@ -81,6 +89,7 @@ impl fmt::Display for Reason {
             Reason::RecordedDuringEdit(p) => {
                 write!(f, "{p} changed while the test ran; what ran is unknown")
             }
+            Reason::PytestConfig(p) => write!(f, "pytest configuration: {p}"),
             Reason::Environment(what) => write!(f, "{what}"),
         }
     }
@@ -92,6 +101,8 @@ pub trait Tree {
     /// Parsed blocks of the file's current content (`None`: not a file).
     fn parsed(&mut self, path: &RepoPath) -> Option<Arc<ParsedModule>>;
     fn dir_hash(&self, path: &RepoPath) -> Option<ContentHash>;
+    /// The hash of the pytest configuration `path` holds (see [`Dep::Config`]).
+    fn config_hash(&self, path: &RepoPath) -> Option<ContentHash>;
 }
 
 /// Evaluates dependencies against a tree, remembering each answer: many
@@ -174,6 +185,12 @@ impl<'t, T: Tree> Evaluator<'t, T> {
             Dep::Dir { path, hash } => {
                 (self.tree.dir_hash(path) != *hash).then(|| Reason::DirChanged(path.clone()))
             }
+            Dep::Config { path, hash } => match (hash, self.tree.config_hash(path)) {
+                (a, b) if *a == b => None,
+                (None, Some(_)) => Some(Reason::FileCreated(path.clone())),
+                (Some(_), None) => Some(Reason::FileDeleted(path.clone())),
+                _ => Some(Reason::PytestConfig(path.clone())),
+            },
             Dep::External { module } => match self.env {
                 Some(EnvChange::Modules { modules, changes }) if modules.contains(module) => {
                     Some(Reason::Environment(changes.join("; ")))
@@ -220,6 +237,9 @@ mod tests {
         }
         fn dir_hash(&self, _: &RepoPath) -> Option<ContentHash> {
             None
+        }
+        fn config_hash(&self, path: &RepoPath) -> Option<ContentHash> {
+            self.file_hash(path)
         }
     }
 

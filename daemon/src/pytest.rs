@@ -144,6 +144,18 @@ impl Tree for Current<'_> {
         };
         Some(ContentHash::of(names.join("\n").as_bytes()))
     }
+
+    fn config_hash(&self, path: &RepoPath) -> Option<ContentHash> {
+        let text = std::fs::read(self.filter.abs(path)).ok()?;
+        if path.as_str() == "pyproject.toml"
+            && let Some(section) = std::str::from_utf8(&text)
+                .ok()
+                .and_then(crate::config::pytest_section)
+        {
+            return Some(ContentHash::of(section.as_bytes()));
+        }
+        Some(ContentHash::of(&text))
+    }
 }
 
 impl Files for Current<'_> {
@@ -576,8 +588,8 @@ impl Pytest {
         let tree = self.current(ctx);
         for name in CONFIG_FILES {
             let path = RepoPath::new(*name);
-            deps.insert(Dep::File {
-                hash: tree.file_hash(&path),
+            deps.insert(Dep::Config {
+                hash: tree.config_hash(&path),
                 path,
             });
         }
@@ -898,13 +910,22 @@ impl Pytest {
                     },
                 ),
                 Dep::File { path, .. } => ("file", path.to_string()),
+                Dep::Config { path, .. } => ("config", path.to_string()),
                 Dep::Dir { path, .. } => ("dir", format!("{path}/")),
                 Dep::External { module } => ("module", module.clone()),
             };
+            let absent = matches!(
+                dep,
+                Dep::File { hash: None, .. } | Dep::Config { hash: None, .. }
+            );
             deps.push(WhyDep {
                 kind: kind.to_owned(),
                 target,
-                state: state.map_or_else(|| "unchanged".to_owned(), |r| r.to_string()),
+                state: match state {
+                    Some(r) => r.to_string(),
+                    None if absent => "absent, still absent".to_owned(),
+                    None => "unchanged".to_owned(),
+                },
             });
         }
         WhyReply {

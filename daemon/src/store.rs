@@ -676,7 +676,7 @@ fn unhex(value: &Value) -> Option<Option<ContentHash>> {
 
 /// Dependency sets are stored as JSON arrays of short tagged arrays:
 /// `["c", file, file_hash, block, hash]`, `["f", path, hash]`,
-/// `["d", path, hash]`, `["x", module]`. Readable with `sqlite3` when
+/// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`. Readable with `sqlite3` when
 /// debugging; compact enough.
 fn encode_deps(deps: &[Dep]) -> Value {
     Value::Array(
@@ -690,6 +690,7 @@ fn encode_deps(deps: &[Dep]) -> Value {
                 } => json!(["c", file.as_str(), hex(file_hash), block, hex(hash)]),
                 Dep::File { path, hash } => json!(["f", path.as_str(), hex(hash)]),
                 Dep::Dir { path, hash } => json!(["d", path.as_str(), hex(hash)]),
+                Dep::Config { path, hash } => json!(["g", path.as_str(), hex(hash)]),
                 Dep::External { module } => json!(["x", module]),
             })
             .collect(),
@@ -713,6 +714,10 @@ fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
                 hash: unhex(a.get(2)?)?,
             },
             "d" => Dep::Dir {
+                path: RepoPath::new(text(1)?),
+                hash: unhex(a.get(2)?)?,
+            },
+            "g" => Dep::Config {
                 path: RepoPath::new(text(1)?),
                 hash: unhex(a.get(2)?)?,
             },
@@ -933,6 +938,10 @@ mod tests {
             Dep::Dir {
                 path: RepoPath::new("cases"),
                 hash: None,
+            },
+            Dep::Config {
+                path: RepoPath::new("pyproject.toml"),
+                hash: Some(ContentHash([3; 32])),
             },
             Dep::External {
                 module: "attr".into(),
