@@ -263,3 +263,56 @@ fn installing_and_upgrading_a_package_affects_its_importers() {
     let why = v["run_all"].as_str().unwrap_or_default();
     assert!(why.starts_with("environment: python"), "{v:#}");
 }
+
+#[test]
+fn new_test_files_are_found_by_pytests_own_discovery_settings() {
+    let mut p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"custom\"\nversion = \"0\"\n\n[tool.pytest.ini_options]\npython_files = [\"check_*.py\"]\ntestpaths = [\"suite\"]\n",
+        ),
+        (
+            "suite/check_first.py",
+            "def test_first():\n    assert True\n",
+        ),
+    ]);
+    p.env("TIM_PYTHON", &test_python());
+    let out = p.tim(&["run", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    p.write(
+        "suite/check_second.py",
+        "def test_second():\n    assert True\n",
+    );
+    p.write(
+        "suite/test_not_a_test_here.py",
+        "def test_x():\n    assert False\n",
+    );
+    p.write(
+        "tools/check_outside.py",
+        "def test_y():\n    assert False\n",
+    );
+    let v = p.tim_json(&["affected", "--json"]);
+    let collect: Vec<&str> = v["collect"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(collect, ["suite/check_second.py"], "{v:#}");
+    assert_eq!(v["collect"][0]["reasons"][0], "new test file");
+    let out = p.tim(&["run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}"
+    );
+    assert!(affected_ids(&p).is_empty());
+    assert_eq!(
+        p.tim_json(&["affected", "--json"])["collect"],
+        serde_json::json!([])
+    );
+}

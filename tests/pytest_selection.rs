@@ -141,6 +141,10 @@ def test_json():
 
 def test_other():
     assert True
+
+
+def test_listing():
+    assert len(sorted((pathlib.Path(__file__).parent / "data").glob("*.json"))) >= 1
 "#,
     ),
     ("tests/data/values.json", "{\"x\": 1}\n"),
@@ -158,7 +162,7 @@ def test_double(a, b):
     ),
 ];
 
-const ALL_TESTS: usize = 14;
+const ALL_TESTS: usize = 15;
 
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
@@ -203,8 +207,13 @@ fn affected(p: &Project) -> (BTreeSet<String>, serde_json::Value) {
     (ids, v)
 }
 
+/// Replaces `from` with `to` in `path`; a file that does not exist yet is
+/// created (with `to`).
 fn edit(p: &Project, path: &str, from: &str, to: &str) {
-    let text = std::fs::read_to_string(p.path(path)).unwrap();
+    let Ok(text) = std::fs::read_to_string(p.path(path)) else {
+        p.write(path, to);
+        return;
+    };
     assert!(text.contains(from), "{path} does not contain {from:?}");
     p.write(path, &text.replacen(from, to, 1));
 }
@@ -302,6 +311,10 @@ selection! {
         [("tests/data/values.json", "{\"x\": 1}", "{\"x\": 1, \"y\": 2}")]
         => ["tests/test_data.py::test_json"],
         "file: tests/data/values.json";
+    add_a_file_to_a_directory_a_test_lists:
+        [("tests/data/values.json", "{\"x\": 1}", "{\"x\": 1}"), ("tests/data/more.json", "", "")]
+        => ["tests/test_data.py::test_listing"],
+        "directory: tests/data/";
     delete_a_function:
         [("app/text.py", "def shout(s):\n    return s.upper() + \"!\"\n", "")]
         => ["tests/test_text.py::test_shout", "tests/test_text.py::test_retries"],
@@ -369,7 +382,7 @@ fn a_new_test_runs_alone_and_others_stay_unaffected() {
     let out = p.tim(&["run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("1 passed, 2 deselected"), "{stdout}");
+    assert!(stdout.contains("1 passed, 3 deselected"), "{stdout}");
     assert!(affected(&p).0.is_empty());
     let why = p.tim_json(&["why", "tests/test_data.py::test_new", "--json"]);
     assert_eq!(why["known"], true);

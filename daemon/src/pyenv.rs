@@ -32,6 +32,11 @@ pub struct Snapshot {
     pub root_paths: Vec<String>,
     /// Normalized name → distribution.
     pub dists: BTreeMap<String, Dist>,
+    /// How pytest found tests in the run (`python_files` globs and
+    /// `testpaths`): not part of the environment's identity, kept here
+    /// because it comes with it.
+    pub python_files: Vec<String>,
+    pub testpaths: Vec<String>,
 }
 
 /// PEP 503 normalization: lowercase, runs of `-_.` become `-`.

@@ -81,6 +81,9 @@ pub struct Pytest {
     parsed: HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
     graph: ImportGraph,
     graph_hashes: HashMap<RepoPath, ContentHash>,
+    /// pytest's `python_files` and `testpaths`, from the latest run.
+    patterns: Vec<String>,
+    testpaths: Vec<RepoPath>,
 }
 
 /// The tree as the index (and, for untracked paths, the disk) shows it.
@@ -88,13 +91,15 @@ struct Current<'a> {
     index: &'a Index,
     filter: &'a Filter,
     parsed: &'a mut HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
+    /// pytest's `python_files` globs.
+    patterns: &'a [String],
 }
 
 /// Test files and conftest files are cut into blocks for pytest (see
 /// [`pyparse::Mode`]); everything else as library code.
-fn mode_of(path: &RepoPath) -> Mode {
+fn mode_of(path: &RepoPath, patterns: &[String]) -> Mode {
     let name = path.split().map_or(path.as_str(), |(_, n)| n);
-    if is_test_file(path) || name == "conftest.py" {
+    if is_test_file(path, patterns) || name == "conftest.py" {
         Mode::Pytest
     } else {
         Mode::Library
@@ -113,7 +118,7 @@ impl Tree for Current<'_> {
     }
 
     fn parsed(&mut self, path: &RepoPath) -> Option<Arc<ParsedModule>> {
-        let mode = mode_of(path);
+        let mode = mode_of(path, self.patterns);
         if let Some(meta) = self.index.get(path)
             && let Some(parsed) = self.parsed.get(&(meta.hash, mode))
         {
@@ -198,9 +203,64 @@ fn is_state_path(path: &RepoPath) -> bool {
     path.as_str().starts_with(".tim/")
 }
 
-fn is_test_file(path: &RepoPath) -> bool {
+/// pytest's default `python_files`.
+const DEFAULT_PYTHON_FILES: &[&str] = &["test_*.py", "*_test.py"];
+
+/// Whether pytest collects `path` as a test module, by its `python_files`
+/// globs (matched against the file name, or the whole path when the glob
+/// has a `/`, as pytest does).
+fn is_test_file(path: &RepoPath, patterns: &[String]) -> bool {
     let name = path.split().map_or(path.as_str(), |(_, n)| n);
-    name.ends_with(".py") && (name.starts_with("test_") || name.ends_with("_test.py"))
+    if !name.ends_with(".py") {
+        return false;
+    }
+    let matches = |glob: &str| {
+        let subject = if glob.contains('/') {
+            path.as_str()
+        } else {
+            name
+        };
+        fnmatch(glob.as_bytes(), subject.as_bytes())
+    };
+    if patterns.is_empty() {
+        DEFAULT_PYTHON_FILES.iter().any(|g| matches(g))
+    } else {
+        patterns.iter().any(|g| matches(g))
+    }
+}
+
+/// Shell-style matching as Python's `fnmatch`: `*`, `?`, `[seq]`, `[!seq]`.
+fn fnmatch(glob: &[u8], text: &[u8]) -> bool {
+    match glob.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| fnmatch(rest, &text[i..])),
+        Some((b'?', rest)) => !text.is_empty() && fnmatch(rest, &text[1..]),
+        Some((b'[', rest)) => {
+            let Some(close) = rest.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
+                return text.first() == Some(&b'[') && fnmatch(rest, &text[1..]);
+            };
+            let Some((&c, after)) = text.split_first() else {
+                return false;
+            };
+            let (negate, set) = match rest[..close].split_first() {
+                Some((b'!', set)) => (true, set),
+                _ => (false, &rest[..close]),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < set.len() {
+                if i + 2 < set.len() && set[i + 1] == b'-' {
+                    hit |= set[i] <= c && c <= set[i + 2];
+                    i += 3;
+                } else {
+                    hit |= set[i] == c;
+                    i += 1;
+                }
+            }
+            hit != negate && fnmatch(&rest[close + 1..], after)
+        }
+        Some((&g, rest)) => text.first() == Some(&g) && fnmatch(rest, &text[1..]),
+    }
 }
 
 impl Pytest {
@@ -210,6 +270,9 @@ impl Pytest {
         for (id, env) in store.load_envs()? {
             me.latest_env = Some(me.latest_env.map_or(id, |l: i64| l.max(id)));
             me.envs.insert(id, Arc::new(env));
+        }
+        if let Some(latest) = me.latest_env.and_then(|id| me.envs.get(&id)).cloned() {
+            me.set_discovery(&latest);
         }
         for (id, deps) in store.load_depsets()? {
             me.depsets.insert(id, Arc::new(deps));
@@ -235,6 +298,15 @@ impl Pytest {
         Ok(me)
     }
 
+    fn set_discovery(&mut self, env: &Snapshot) {
+        self.patterns = env.python_files.clone();
+        self.testpaths = env
+            .testpaths
+            .iter()
+            .map(|p| RepoPath::new(p.clone()))
+            .collect();
+    }
+
     pub fn known_tests(&self) -> usize {
         self.tests.len()
     }
@@ -244,6 +316,7 @@ impl Pytest {
             index: ctx.index,
             filter: ctx.filter,
             parsed: &mut self.parsed,
+            patterns: &self.patterns,
         }
     }
 
@@ -269,6 +342,8 @@ impl Pytest {
         params: BeginRunParams,
     ) -> Result<u64, PytestError> {
         let env = Snapshot {
+            python_files: params.collection.python_files,
+            testpaths: params.collection.testpaths,
             dists: pyenv::scan(&params.environment.site_dirs),
             python: params.environment.python,
             version: params.environment.version,
@@ -285,6 +360,7 @@ impl Pytest {
         let env = Arc::new(env);
         self.envs.insert(env_id, env.clone());
         self.latest_env = Some(env_id);
+        self.set_discovery(&env);
         let unaffected = match params.mode {
             RunMode::All => HashSet::new(),
             RunMode::Affected => {
@@ -542,6 +618,7 @@ impl Pytest {
                 index: ctx.index,
                 filter: ctx.filter,
                 parsed: &mut self.parsed,
+                patterns: &self.patterns,
             };
             let Some(hash) = tree.file_hash(&file) else {
                 continue;
@@ -644,6 +721,7 @@ impl Pytest {
             index: ctx.index,
             filter: ctx.filter,
             parsed: &mut self.parsed,
+            patterns: &self.patterns,
         };
         for (env_id, ids) in by_env {
             let change = env_changes.get(&env_id).cloned().flatten();
@@ -689,6 +767,7 @@ impl Pytest {
                 index: ctx.index,
                 filter: ctx.filter,
                 parsed: &mut self.parsed,
+                patterns: &self.patterns,
             };
             for (id, record) in &self.tests {
                 if tree.file_hash(&record.file).is_none() {
@@ -782,6 +861,7 @@ impl Pytest {
             index: ctx.index,
             filter: ctx.filter,
             parsed: &mut self.parsed,
+            patterns: &self.patterns,
         };
         let mut eval = Evaluator::new(&mut tree, None);
         for (file, (set, _)) in &self.collections {
@@ -818,7 +898,9 @@ impl Pytest {
             .chain(self.tests.values().map(|t| &t.file))
             .collect();
         for (path, _) in ctx.index.files() {
-            if is_test_file(&path) && !known_files.contains(&path) {
+            let in_testpaths =
+                self.testpaths.is_empty() || self.testpaths.iter().any(|t| path.starts_with_dir(t));
+            if in_testpaths && is_test_file(&path, &self.patterns) && !known_files.contains(&path) {
                 collect
                     .entry(path)
                     .or_default()
@@ -883,6 +965,7 @@ impl Pytest {
             index: ctx.index,
             filter: ctx.filter,
             parsed: &mut self.parsed,
+            patterns: &self.patterns,
         };
         let mut eval = Evaluator::new(&mut tree, change.as_ref());
         let mut reasons = Vec::new();
@@ -999,6 +1082,30 @@ mod tests {
     }
 
     #[test]
+    fn globs_match_like_fnmatch() {
+        let cases = [
+            ("test_*.py", "test_a.py", true),
+            ("test_*.py", "atest_a.py", false),
+            ("*_test.py", "a_test.py", true),
+            ("check_?.py", "check_1.py", true),
+            ("check_?.py", "check_12.py", false),
+            ("t[0-9]*.py", "t7x.py", true),
+            ("t[!0-9]*.py", "t7x.py", false),
+            ("*.py", "x.pyc", false),
+        ];
+        for (glob, name, expected) in cases {
+            assert_eq!(
+                fnmatch(glob.as_bytes(), name.as_bytes()),
+                expected,
+                "{glob} {name}"
+            );
+        }
+        let custom = ["check_*.py".to_string()];
+        assert!(is_test_file(&RepoPath::new("suite/check_io.py"), &custom));
+        assert!(!is_test_file(&RepoPath::new("suite/test_io.py"), &custom));
+    }
+
+    #[test]
     fn test_files_by_name() {
         for (path, expected) in [
             ("tests/test_a.py", true),
@@ -1008,7 +1115,7 @@ mod tests {
             ("tests/helpers.py", false),
             ("tests/test_data.json", false),
         ] {
-            assert_eq!(is_test_file(&RepoPath::new(path)), expected, "{path}");
+            assert_eq!(is_test_file(&RepoPath::new(path), &[]), expected, "{path}");
         }
     }
 }

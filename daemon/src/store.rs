@@ -742,6 +742,7 @@ fn encode_env(env: &Snapshot) -> Value {
     json!({
         "python": env.python, "version": env.version, "implementation": env.implementation,
         "site_dirs": env.site_dirs, "root_paths": env.root_paths, "dists": dists,
+        "python_files": env.python_files, "testpaths": env.testpaths,
     })
 }
 
@@ -778,6 +779,11 @@ fn decode_env(value: &Value) -> Option<Snapshot> {
         site_dirs: strings(value.get("site_dirs")?)?,
         root_paths: strings(value.get("root_paths")?)?,
         dists,
+        python_files: value
+            .get("python_files")
+            .and_then(strings)
+            .unwrap_or_default(),
+        testpaths: value.get("testpaths").and_then(strings).unwrap_or_default(),
     })
 }
 

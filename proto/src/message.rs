@@ -322,6 +322,20 @@ pub struct BeginRunParams {
     /// `affected` (select) or `all` (run and record everything).
     pub mode: RunMode,
     pub environment: Environment,
+    /// How pytest finds tests in this project.
+    #[serde(default)]
+    pub collection: CollectionConfig,
+}
+
+/// pytest's test discovery settings, so the daemon can spot new test files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionConfig {
+    /// `python_files` globs (default `test_*.py`, `*_test.py`).
+    #[serde(default)]
+    pub python_files: Vec<String>,
+    /// `testpaths`, root-relative; empty means "anywhere".
+    #[serde(default)]
+    pub testpaths: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

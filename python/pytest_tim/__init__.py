@@ -94,6 +94,7 @@ class TimPlugin:
                         "command": os.environ.get(ENV_COMMAND) or " ".join(["pytest"] + list(config.invocation_params.args)),
                         "mode": mode,
                         "environment": _environment(self.root),
+                        "collection": _collection_config(config, self.root),
                     },
                 )
                 self.run_id = answer["run_id"]
@@ -350,6 +351,17 @@ def _environment(root):
         "site_dirs": site_dirs,
         "root_paths": root_paths,
     }
+
+
+def _collection_config(config, root):
+    """pytest's discovery settings: which files hold tests, and where."""
+    rootsep = os.path.realpath(root).rstrip(os.sep) + os.sep
+    testpaths = []
+    for path in config.getini("testpaths") or ():
+        real = os.path.realpath(os.path.join(str(config.rootpath), path))
+        if real.startswith(rootsep):
+            testpaths.append(real[len(rootsep):].replace(os.sep, "/"))
+    return {"python_files": list(config.getini("python_files") or ()), "testpaths": testpaths}
 
 
 def _interpreter_identity():

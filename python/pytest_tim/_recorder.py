@@ -25,6 +25,8 @@ import sys
 import threading
 
 _WRITE_ONLY = os.O_WRONLY
+_MACHINERY = os.sep + "_pytest" + os.sep
+_IMPORTLIB = os.sep + "importlib" + os.sep
 
 
 class Context:
@@ -133,6 +135,12 @@ class Recorder:
                 return
             kind = "files"
         elif event in ("os.listdir", "os.scandir"):
+            # The import system and pytest's own discovery list directories
+            # all the time; only listings made by the code under test (a
+            # glob over a data directory) are dependencies.
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith("<frozen") or _MACHINERY in caller or _IMPORTLIB in caller:
+                return
             path = args[0]
             kind = "dirs"
         else:

@@ -26,7 +26,7 @@ def test_request_frames_have_the_shape_of_the_golden_ones():
     # data keys must be the ones the daemon decodes.
     sent = {
         "hello": {"protocol", "client", "client_version", "capabilities"},
-        "begin_run": {"command", "mode", "environment"},
+        "begin_run": {"command", "mode", "environment", "collection"},
         "select": {"run_id", "tests"},
         "record": {"run_id", "tests", "collection"},
         "end_run": {"run_id", "exit_status"},

@@ -88,3 +88,14 @@ def test_installed_packages_inside_the_root_are_not_project_code(project, monkey
     wire = ctx.to_wire(recorder.root)
     assert list(wire["code"]) == ["pkg/mod.py"]
     assert wire["files"] == []
+
+
+def test_imports_list_directories_without_creating_dependencies(project):
+    root, recorder = project
+    (root / "pkg" / "late.py").write_text("X = 1\n")
+    sys.modules.pop("pkg.late", None)
+    importlib.invalidate_caches()
+    ctx = recorder.push()
+    importlib.import_module("pkg.late")
+    recorder.pop(ctx)
+    assert ctx.to_wire(recorder.root)["dirs"] == []
