@@ -23,6 +23,20 @@ use std::collections::{BTreeSet, HashMap};
 pub trait Files {
     fn is_file(&self, path: &RepoPath) -> bool;
     fn is_dir(&self, path: &RepoPath) -> bool;
+    /// Names of the tracked entries of `dir` (for compiled extension
+    /// modules, whose file names carry a platform tag).
+    fn entries(&self, dir: &RepoPath) -> Vec<String>;
+}
+
+/// A compiled extension module `name` in `dir` (`name.cpython-311-x86_64-
+/// linux-gnu.so`, `name.so`, `name.pyd`), if any.
+fn extension_module(files: &dyn Files, dir: &RepoPath, name: &str) -> Option<RepoPath> {
+    let prefix = format!("{name}.");
+    files
+        .entries(dir)
+        .into_iter()
+        .find(|e| e.starts_with(&prefix) && (e.ends_with(".so") || e.ends_with(".pyd")))
+        .map(|e| dir.join(&e))
 }
 
 /// The outcome of resolving one file's imports.
@@ -104,6 +118,9 @@ impl Resolver {
             } else if last && files.is_file(&as_file) {
                 out.files.insert(as_file);
                 return true;
+            } else if last && let Some(ext) = extension_module(files, &dir, part) {
+                out.files.insert(ext);
+                return true;
             } else {
                 return i > 0;
             }
@@ -118,6 +135,8 @@ impl Resolver {
                 out.files.insert(as_file);
             } else if files.is_file(&as_init) {
                 out.files.insert(as_init);
+            } else if let Some(ext) = extension_module(files, &dir, name) {
+                out.files.insert(ext);
             }
         }
         true
@@ -228,6 +247,19 @@ mod tests {
             let prefix = format!("{}/", path.as_str());
             path.is_root() || self.0.iter().any(|f| f.starts_with(&prefix))
         }
+        fn entries(&self, dir: &RepoPath) -> Vec<String> {
+            let prefix = if dir.is_root() {
+                String::new()
+            } else {
+                format!("{}/", dir.as_str())
+            };
+            self.0
+                .iter()
+                .filter_map(|f| f.strip_prefix(&prefix))
+                .filter(|rest| !rest.contains('/'))
+                .map(str::to_owned)
+                .collect()
+        }
     }
 
     fn resolve(
@@ -256,6 +288,8 @@ mod tests {
             "tests/helpers.py",
             "tests/test_core.py",
             "ns/plain.py",
+            "src/pkg/_speedups.cpython-311-x86_64-linux-gnu.so",
+            "fastmath.so",
         ]);
         // (what, importer, source, files, external)
         type Case<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [&'a str]);

@@ -170,6 +170,12 @@ impl Files for Current<'_> {
     fn is_dir(&self, path: &RepoPath) -> bool {
         self.index.has_dir(path)
     }
+    fn entries(&self, dir: &RepoPath) -> Vec<String> {
+        self.index
+            .dir_entries(dir)
+            .map(|names| names.into_iter().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// `tests/test_a.py::TestK::test_m[1-2]` → `TestK.test_m`.
@@ -586,6 +592,14 @@ impl Pytest {
         let mut tree = self.current(ctx);
         let mut deps = BTreeSet::new();
         for f in files {
+            if !f.as_str().ends_with(".py") {
+                // A compiled extension: its bytes are what runs.
+                deps.insert(Dep::File {
+                    hash: tree.file_hash(&f),
+                    path: f,
+                });
+                continue;
+            }
             let file_hash = tree.file_hash(&f);
             let hash = tree
                 .parsed(&f)
@@ -623,6 +637,9 @@ impl Pytest {
             let Some(hash) = tree.file_hash(&file) else {
                 continue;
             };
+            if !file.as_str().ends_with(".py") {
+                continue;
+            }
             if self.graph_hashes.get(&file) != Some(&hash) || !self.graph.knows(&file) {
                 let Some(parsed) = tree.parsed(&file) else {
                     continue;

@@ -128,12 +128,17 @@ class Recorder:
             return
         if event == "open":
             path, mode, flags = args
+            kind = "files"
             if mode is not None:
                 if "r" not in mode and "+" not in mode:
                     return
             elif flags is not None and flags & os.O_ACCMODE == _WRITE_ONLY:
                 return
-            kind = "files"
+        elif event == "sqlite3.connect":
+            # SQLite opens its file in C, past the `open` event.
+            path, kind = args[0], "files"
+            if not isinstance(path, (str, bytes, os.PathLike)) or path in (":memory:", "", b""):
+                return
         elif event in ("os.listdir", "os.scandir"):
             # The import system and pytest's own discovery list directories
             # all the time; only listings made by the code under test (a

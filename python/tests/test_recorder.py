@@ -99,3 +99,16 @@ def test_imports_list_directories_without_creating_dependencies(project):
     importlib.import_module("pkg.late")
     recorder.pop(ctx)
     assert ctx.to_wire(recorder.root)["dirs"] == []
+
+
+def test_sqlite_databases_opened_by_tests_are_files_read(project):
+    import sqlite3
+
+    root, recorder = project
+    db = root / "fixtures.sqlite"
+    sqlite3.connect(str(db)).close()
+    ctx = recorder.push()
+    sqlite3.connect(str(db)).close()
+    sqlite3.connect(":memory:").close()
+    recorder.pop(ctx)
+    assert ctx.to_wire(recorder.root)["files"] == ["fixtures.sqlite"]
