@@ -440,6 +440,16 @@ impl Pytest {
     pub fn end_run(&mut self, ctx: &mut Ctx<'_>, params: EndRunParams) -> Result<(), PytestError> {
         ctx.store.end_run(params.run_id, params.exit_status)?;
         self.runs.remove(&params.run_id);
+        // Records replaced during the run leave their old sets behind.
+        let dropped = ctx.store.drop_unused_depsets()?;
+        let used: HashSet<i64> = self
+            .tests
+            .values()
+            .map(|t| t.deps)
+            .chain(self.collections.values().map(|c| c.0))
+            .collect();
+        self.depsets.retain(|id, _| used.contains(id));
+        tracing::debug!(dropped, kept = self.depsets.len(), "dependency sets collected");
         Ok(())
     }
 

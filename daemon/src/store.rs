@@ -585,6 +585,15 @@ impl Store {
         Ok((test_sets, collection_sets))
     }
 
+    /// Deletes dependency sets no test or collection refers to any more
+    /// (replaced by newer records).
+    pub fn drop_unused_depsets(&mut self) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM depset WHERE id NOT IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection)",
+            [],
+        )?)
+    }
+
     /// Forgets tests that no longer exist (and collection records of test
     /// files that are gone).
     pub fn forget(&mut self, tests: &[String], files: &[RepoPath]) -> Result<(), StoreError> {
