@@ -84,6 +84,39 @@ CACHE = Path("/tmp/tim-bench-cache")
 
 BACKDATE_S = 24 * 3600  # no file is "racy" (see bench/foundation.py)
 
+# Every pytest run gets these. No tracebacks: after a breaking edit, pytest
+# would spend most of the run rendering hundreds of them, the same work
+# whichever tool selected the tests; the FAILED lines of the short summary
+# (pytest's default -rfE) still name every failing test.
+COMMON_ARGS = ["-q", "--tb=no"]
+
+# --breakdown: pytest with the embedded plugin recording (TIM_MODE=all, as
+# `tim run --all` starts it, daemon running), with parts of the recorder
+# switched off by monkeypatching. Timings only: the "no-..." variants record
+# less than they should.
+BREAKDOWN_DRIVER = r'''
+import sys, time
+variant = sys.argv[1]
+import pytest_tim
+from pytest_tim import _recorder, _client
+if variant == "no-tracer":  # no code recording at all (audit hook and daemon stay)
+    _recorder._MonitoringBackend.start = lambda self: None
+    _recorder._TraceBackend.start = lambda self: None
+    _recorder._MonitoringBackend.rearm = lambda self: None
+if variant == "no-rearm":  # code recorded once per process, not once per test
+    _recorder._MonitoringBackend.rearm = lambda self: None
+    _recorder._TraceBackend.rearm = lambda self: None
+if variant == "inactive":  # the plugin loaded, not recording (no TIM_MODE)
+    import os
+    del os.environ["TIM_MODE"]
+if variant == "no-record":  # everything but the `record` requests
+    request = _client.Connection.request
+    _client.Connection.request = lambda self, kind, data: {} if kind == "record" else request(self, kind, data)
+import pytest
+sys.exit(pytest.main(sys.argv[2:], plugins=[pytest_tim]))
+'''
+BREAKDOWN_VARIANTS = ["full", "no-record", "no-rearm", "no-tracer", "inactive"]
+
 
 # --------------------------------------------------------------------------
 # Suites and edits
@@ -529,12 +562,12 @@ class Copy:
         return took, proc
 
     def pytest(self, *extra: str, what="pytest") -> tuple[float, subprocess.CompletedProcess]:
-        return self._run([str(self.py.exe), "-m", "pytest", "-q", *self.suite.pytest_args, *extra], what)
+        return self._run([str(self.py.exe), "-m", "pytest", *COMMON_ARGS, *self.suite.pytest_args, *extra], what)
 
     def testmon(self, what="pytest --testmon") -> tuple[float, subprocess.CompletedProcess]:
         # Exit 5: testmon deselected every test ("no tests ran").
         return self._run(
-            [str(self.py.exe), "-m", "pytest", "-q", "--testmon", *self.suite.pytest_args], what, ok=(0, 1, 5)
+            [str(self.py.exe), "-m", "pytest", *COMMON_ARGS, "--testmon", *self.suite.pytest_args], what, ok=(0, 1, 5)
         )
 
     def fresh_testmon(self) -> None:
@@ -542,12 +575,30 @@ class Copy:
             p.unlink()
 
     def tim_run(self, *flags: str, what="tim run") -> tuple[float, subprocess.CompletedProcess]:
-        args = [self.tim, "run", *flags]
-        if self.suite.pytest_args:
-            args += ["--", "-q", *self.suite.pytest_args]
-        else:
-            args += ["--", "-q"]
-        return self._run(args, what)
+        return self._run([self.tim, "run", *flags, "--", *COMMON_ARGS, *self.suite.pytest_args], what)
+
+    def breakdown(self, variant: str, driver: Path) -> float:
+        """pytest with the plugin recording everything, part of it switched
+        off (see BREAKDOWN_DRIVER); the daemon must be running."""
+        info = json.loads((self.root / ".tim" / "daemon.json").read_text())
+        env = dict(self.env)
+        env.update(
+            TIM_MODE="all",
+            TIM_ROOT=str(self.root),
+            TIM_SOCKET=info["socket"],
+            TIM_BIN=self.tim,
+            TIM_COMMAND=f"breakdown {variant}",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(self.root / ".tim" / "python"), env.get("PYTHONPATH")])),
+        )
+        cmd = [str(self.py.exe), str(driver), variant, *COMMON_ARGS, *self.suite.pytest_args]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        took = time.perf_counter() - t0
+        with self.log.open("a") as f:
+            f.write(f"\n$ {' '.join(cmd)}   # breakdown {variant}, {took:.3f} s, exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"breakdown {variant} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-2000:]}")
+        return took
 
     def tim_affected(self) -> tuple[float, dict]:
         took, proc = self._run([self.tim, "affected", "--json"], "tim affected --json", ok=(0,))
@@ -742,9 +793,25 @@ def bench_suite(suite: Suite, py: Python, tim_bin: Path, args, work: Path, probl
             f"target <= {AFFECTED_TARGET_MS:g} ms: {'meets' if lm * 1000 <= AFFECTED_TARGET_MS else 'MISSES'}"
         )
 
+        # Where the recording time goes (optional).
+        if args.breakdown:
+            driver = base / "breakdown_driver.py"
+            driver.write_text(BREAKDOWN_DRIVER)
+            times: dict = {v: [] for v in BREAKDOWN_VARIANTS}
+            for i in range(R):
+                for v in BREAKDOWN_VARIANTS:
+                    times[v].append(tim.breakdown(v, driver))
+            bm = {v: median(t) for v, t in times.items()}
+            r["breakdown"] = {"median_s": bm, "runs_s": times}
+            p = m["plain"]
+            say(
+                "breakdown (pytest with the plugin, daemon running; x plain): "
+                + ", ".join(f"{k} {fmt_s(v)} ({v / p:.2f}x)" for k, v in bm.items())
+            )
+
         # 4. Edits.
         r["edits"] = []
-        for edit in suite.edits:
+        for edit in [] if args.no_edits else suite.edits:
             if args.edits and edit.name not in args.edits:
                 continue
             r["edits"].append(bench_edit(edit, copies, base_fail, r["tests"], R, label, problems))
@@ -894,8 +961,10 @@ def main() -> int:
     ap.add_argument("--gen-modules", type=int, default=50, help="generated suite: modules (default 50)")
     ap.add_argument("--gen-tests", type=int, default=100, help="generated suite: tests per module (default 100)")
     ap.add_argument("--edits", help="only these edits (comma-separated: body,constant,comment,lazy-constant)")
+    ap.add_argument("--no-edits", action="store_true", help="skip the edit scenarios")
     ap.add_argument("--bin-dir", type=Path, help="directory holding tim and timd (default: target/release)")
     ap.add_argument("--build", action="store_true", help="cargo build --release first")
+    ap.add_argument("--breakdown", action="store_true", help="also time the plugin with parts of the recorder switched off")
     ap.add_argument("--keep", action="store_true", help="keep the suite copies and their logs")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every number to FILE")
     args = ap.parse_args()

@@ -9,4 +9,5 @@ mod protocol;
 mod pytest_runs;
 mod pytest_selection;
 mod store;
+mod watch;
 mod watcher;

@@ -5,6 +5,9 @@
 pub mod connect;
 pub mod error;
 pub mod pytest;
+pub mod runner;
+mod term;
+pub mod watch;
 
 use crate::error::{ClientError, exit};
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +46,18 @@ enum Command {
         #[arg(long)]
         all: bool,
         /// The Python interpreter to run pytest with (default: $TIM_PYTHON, the active or the root's virtualenv, python3).
+        #[arg(long, value_name = "PATH")]
+        python: Option<PathBuf>,
+        /// Extra arguments for pytest, after `--`.
+        #[arg(last = true, value_name = "PYTEST_ARGS")]
+        pytest_args: Vec<String>,
+    },
+    /// Watch the project and rerun the affected tests after every change.
+    Watch {
+        /// What to do with a change that arrives while tests run.
+        #[arg(long, value_enum, default_value = "queue")]
+        on_change: watch::OnChange,
+        /// The Python interpreter to run pytest with (as for `tim run`).
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
         /// Extra arguments for pytest, after `--`.
@@ -177,6 +192,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     python,
                     pytest_args,
                     command_line,
+                },
+            )
+        }
+        Command::Watch {
+            on_change,
+            python,
+            pytest_args,
+        } => {
+            let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+            let mut runner = pytest::PytestRunner::new(&layout, python.as_deref(), command_line);
+            watch::watch(
+                &layout,
+                &mut runner,
+                watch::WatchArgs {
+                    on_change,
+                    extra: pytest_args,
                 },
             )
         }

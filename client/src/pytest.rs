@@ -7,6 +7,7 @@
 
 use crate::connect::{self, Connection};
 use crate::error::{ClientError, exit};
+use crate::runner::{Plan, RunPlan, Runner, Scope};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tim_proto::layout::Layout;
@@ -135,70 +136,151 @@ pub struct RunArgs {
     pub command_line: String,
 }
 
+/// pytest as a [`Runner`].
+pub struct PytestRunner {
+    layout: Layout,
+    python: PathBuf,
+    command_line: String,
+}
+
+impl PytestRunner {
+    pub fn new(layout: &Layout, python: Option<&Path>, command_line: String) -> PytestRunner {
+        PytestRunner {
+            python: choose_python(&layout.root, python),
+            layout: layout.clone(),
+            command_line,
+        }
+    }
+}
+
+impl Runner for PytestRunner {
+    fn plan(&mut self, conn: &mut Connection, scope: &Scope) -> Result<Plan, ClientError> {
+        if *scope == Scope::All {
+            return Ok(Plan::Run(RunPlan {
+                select: false,
+                targets: Vec::new(),
+                summary: "tim: running every test and recording what each depends on".into(),
+            }));
+        }
+        let (reply, warnings) = affected_query(conn, python_identity(&self.python))?;
+        print_warnings(&warnings);
+        if let Some(why) = &reply.run_all {
+            return Ok(Plan::Run(RunPlan {
+                select: false,
+                targets: Vec::new(),
+                summary: format!("tim: running every test: {why}"),
+            }));
+        }
+        if *scope == Scope::Failed {
+            let failed: Vec<String> = reply
+                .tests
+                .iter()
+                .filter(|t| t.reasons.iter().any(|r| r.ends_with(" last time")))
+                .map(|t| t.id.clone())
+                .collect();
+            if failed.is_empty() {
+                return Ok(Plan::Nothing(format!(
+                    "tim: no test failed last time ({} known tests)",
+                    reply.total
+                )));
+            }
+            return Ok(Plan::Run(RunPlan {
+                select: true,
+                summary: format!(
+                    "tim: running the {} tests that failed last time",
+                    failed.len()
+                ),
+                targets: failed,
+            }));
+        }
+        if reply.tests.is_empty() && reply.collect.is_empty() {
+            return Ok(Plan::Nothing(format!(
+                "tim: nothing affected: {} known tests, none affected by changes since they last ran",
+                reply.total
+            )));
+        }
+        Ok(Plan::Run(RunPlan {
+            select: true,
+            targets: reply.collect.iter().map(|c| c.file.clone()).collect(),
+            summary: summary(&reply),
+        }))
+    }
+
+    fn command(&self, plan: &RunPlan, extra: &[String]) -> Result<Command, ClientError> {
+        let pythonpath = install_plugin(&self.layout)?;
+        let mut path_var = pythonpath.into_os_string();
+        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            path_var.push(":");
+            path_var.push(existing);
+        }
+        let mut command = Command::new(&self.python);
+        command
+            .current_dir(&self.layout.root)
+            .args(["-m", "pytest", "-p", "pytest_tim"])
+            .args(&plan.targets)
+            .args(extra)
+            .env("PYTHONPATH", path_var)
+            .env("TIM_MODE", if plan.select { "affected" } else { "all" })
+            .env("TIM_ROOT", &self.layout.root)
+            .env("TIM_SOCKET", &self.layout.socket)
+            .env("TIM_COMMAND", &self.command_line);
+        if let Ok(bin) = std::env::current_exe() {
+            command.env("TIM_BIN", bin);
+        }
+        Ok(command)
+    }
+
+    fn exit_code(&self, plan: &RunPlan, code: i32) -> u8 {
+        if code == i32::from(exit::NO_TESTS) && plan.select {
+            // Every collected test was unaffected: nothing needed to run.
+            return exit::OK;
+        }
+        u8::try_from(code).unwrap_or(exit::INTERNAL)
+    }
+}
+
+/// The error for an interpreter that cannot be started.
+pub fn cannot_run(python: &Path, e: std::io::Error) -> ClientError {
+    ClientError::Usage(format!(
+        "cannot run {}: {e}; point tim at your interpreter with --python PATH or {PYTHON_ENV}",
+        python.display()
+    ))
+}
+
+impl PytestRunner {
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+}
+
 /// `tim run`: asks what is affected, then runs pytest on exactly that with
 /// the plugin recording. Nothing affected: says so and starts no Python.
 pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
-    let python = choose_python(&layout.root, args.python.as_deref());
+    let mut runner = PytestRunner::new(layout, args.python.as_deref(), args.command_line);
     let mut conn = connect::connect(layout)?;
-    let mut files: Vec<String> = Vec::new();
-    let mode = if args.all {
-        eprintln!("tim: running every test and recording what each depends on");
-        "all"
+    let scope = if args.all {
+        Scope::All
     } else {
-        let (reply, warnings) = affected_query(&mut conn, python_identity(&python))?;
-        print_warnings(&warnings);
-        if let Some(why) = &reply.run_all {
-            eprintln!("tim: running every test: {why}");
-        } else if reply.tests.is_empty() && reply.collect.is_empty() {
-            println!(
-                "tim: nothing affected: {} known tests, none affected by changes since they last ran",
-                reply.total
-            );
+        Scope::Affected
+    };
+    let plan = match runner.plan(&mut conn, &scope)? {
+        Plan::Nothing(line) => {
+            println!("{line}");
             return Ok(exit::OK);
-        } else {
-            eprintln!("{}", summary(&reply));
-            files = reply.collect.iter().map(|c| c.file.clone()).collect();
         }
-        "affected"
+        Plan::Run(plan) => plan,
     };
     drop(conn);
-    let pythonpath = install_plugin(layout)?;
-    let mut path_var = pythonpath.into_os_string();
-    if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-        path_var.push(":");
-        path_var.push(existing);
-    }
-    let tim_bin = std::env::current_exe().ok();
-    let mut command = Command::new(&python);
-    command
-        .current_dir(&layout.root)
-        .args(["-m", "pytest", "-p", "pytest_tim"])
-        .args(&files)
-        .args(&args.pytest_args)
-        .env("PYTHONPATH", path_var)
-        .env("TIM_MODE", mode)
-        .env("TIM_ROOT", &layout.root)
-        .env("TIM_SOCKET", &layout.socket)
-        .env("TIM_COMMAND", &args.command_line);
-    if let Some(bin) = tim_bin {
-        command.env("TIM_BIN", bin);
-    }
-    let status = command.status().map_err(|e| {
-        ClientError::Usage(format!(
-            "cannot run {}: {e}; point tim at your interpreter with --python PATH or {PYTHON_ENV}",
-            python.display()
-        ))
-    })?;
-    let code = match status.code() {
-        Some(code) => code,
+    eprintln!("{}", plan.summary);
+    let status = runner
+        .command(&plan, &args.pytest_args)?
+        .status()
+        .map_err(|e| cannot_run(runner.python(), e))?;
+    Ok(match status.code() {
+        Some(code) => runner.exit_code(&plan, code),
         // Killed by a signal (Ctrl-C reaches pytest too).
-        None => return Ok(exit::INTERRUPTED),
-    };
-    if code == i32::from(exit::NO_TESTS) && mode == "affected" {
-        // Every collected test was unaffected: nothing needed to run.
-        return Ok(exit::OK);
-    }
-    Ok(u8::try_from(code).unwrap_or(exit::INTERNAL))
+        None => exit::INTERRUPTED,
+    })
 }
 
 fn summary(reply: &AffectedReply) -> String {
@@ -293,10 +375,10 @@ pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::R
     }
     writeln!(
         out,
-        "{} of {} known tests affected; {} files to collect",
+        "{} of {} known tests affected; {} to collect",
         reply.tests.len(),
         reply.total,
-        reply.collect.len()
+        plural(reply.collect.len(), "file")
     )
     .map_err(w)?;
     Ok(exit::OK)
@@ -342,4 +424,12 @@ pub fn why(layout: &Layout, test: String, json: bool) -> anyhow::Result<u8> {
         println!("    {:<6} {}  [{}]", d.kind, d.target, d.state);
     }
     Ok(exit::OK)
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }

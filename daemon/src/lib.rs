@@ -163,6 +163,9 @@ fn resolve_root(args: &Args) -> Result<PathBuf, Failure> {
 
 fn run(args: &Args, reporter: &mut Reporter) -> Result<(), Failure> {
     let root = resolve_root(args)?;
+    // Everything below uses absolute paths; leaving the directory we were
+    // started in keeps it unmountable and deletable.
+    let _ = std::env::set_current_dir("/");
     let layout = Layout::from_env(&root);
     layout.ensure_state_dir().map_err(|e| {
         Failure::Failed(format!(

@@ -449,7 +449,11 @@ impl Pytest {
             .chain(self.collections.values().map(|c| c.0))
             .collect();
         self.depsets.retain(|id, _| used.contains(id));
-        tracing::debug!(dropped, kept = self.depsets.len(), "dependency sets collected");
+        tracing::debug!(
+            dropped,
+            kept = self.depsets.len(),
+            "dependency sets collected"
+        );
         Ok(())
     }
 

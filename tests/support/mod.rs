@@ -377,3 +377,184 @@ pub fn test_python_monitoring() -> String {
         )
     })
 }
+
+/// A child process whose output arrives line by line on a channel, so a
+/// test can wait for the line it expects (the event), with [`PATIENCE`] as
+/// the only timeout.
+pub struct Lines {
+    pub child: Child,
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    /// Where keys go (a pty's master side, or the child's stdin).
+    input: Option<Box<dyn Write + Send>>,
+}
+
+impl Lines {
+    fn reading(
+        child: Child,
+        reader: impl std::io::Read + Send + 'static,
+        input: Option<Box<dyn Write + Send>>,
+    ) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(reader);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = strip_ansi(&String::from_utf8_lossy(&line)).replace('\r', "");
+                        if tx.send(text.trim_end_matches('\n').to_owned()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Lines {
+            child,
+            rx,
+            seen: Vec::new(),
+            input,
+        }
+    }
+
+    /// Spawns `cmd` with stdout and stderr merged into one pipe.
+    pub fn pipe(mut cmd: Command) -> Lines {
+        let (reader, writer) = std::io::pipe().unwrap();
+        cmd.stdout(writer.try_clone().unwrap()).stderr(writer);
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        drop(cmd);
+        Lines::reading(child, reader, None)
+    }
+
+    /// Spawns `cmd` on a new pseudo-terminal (its controlling terminal), as
+    /// if run interactively: keys written with [`Lines::keys`] reach it.
+    pub fn pty(mut cmd: Command) -> Lines {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills two descriptors we then own.
+        unsafe {
+            let size = libc::winsize {
+                ws_row: 40,
+                ws_col: 120,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            assert_eq!(
+                libc::openpty(
+                    &mut master,
+                    &mut slave,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    &size
+                ),
+                0
+            );
+        }
+        // SAFETY: fresh descriptors from openpty.
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+        let master = unsafe { std::fs::File::from_raw_fd(master) };
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(cmd);
+        let reader = master.try_clone().unwrap();
+        Lines::reading(child, reader, Some(Box::new(master)))
+    }
+
+    /// Waits for a line containing `needle`; returns it. The lines before
+    /// it are kept in `seen`.
+    pub fn expect(&mut self, needle: &str) -> String {
+        loop {
+            match self.rx.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The lines seen since `mark` (an index into `seen`).
+    pub fn since(&self, mark: usize) -> &[String] {
+        &self.seen[mark..]
+    }
+
+    pub fn keys(&mut self, bytes: &[u8]) {
+        let input = self.input.as_mut().expect("keys need a pty");
+        input.write_all(bytes).unwrap();
+        input.flush().unwrap();
+    }
+
+    /// Waits for the process to exit; its status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let (tx, rx) = mpsc::channel();
+        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        rx.recv_timeout(PATIENCE)
+            .expect("the process did not exit in time")
+            .unwrap()
+    }
+}
+
+/// Every live process whose working directory is `dir` (to find leftover
+/// test runners).
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir)
+            && !is_zombie(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Removes terminal escape sequences (colors, cursor movement).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
