@@ -316,3 +316,49 @@ fn new_test_files_are_found_by_pytests_own_discovery_settings() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn failed_tests_run_first_then_new_ones_then_the_fastest() {
+    let mut p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"order\"\nversion = \"0\"\n",
+        ),
+        (
+            "tests/test_order.py",
+            "import time\n\n\ndef test_1_slow():\n    time.sleep(0.3)\n\n\ndef test_2_fast():\n    pass\n\n\ndef test_3_fails():\n    assert False\n",
+        ),
+    ]);
+    p.env("TIM_PYTHON", &test_python());
+    let out = p.tim(&["run", "--all"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    p.write(
+        "tests/test_order.py",
+        &format!(
+            "{}\n\ndef test_4_new():\n    pass\n",
+            std::fs::read_to_string(p.path("tests/test_order.py")).unwrap()
+        ),
+    );
+    let out = p.tim(&["run", "--all", "--", "-v"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let order: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("tests/test_order.py::"))
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("tests/test_order.py::")
+        })
+        .collect();
+    assert_eq!(
+        order,
+        ["test_3_fails", "test_4_new", "test_2_fast", "test_1_slow"],
+        "{stdout}"
+    );
+}

@@ -55,6 +55,8 @@ pub enum PytestError {
 struct TestRecord {
     file: RepoPath,
     outcome: Outcome,
+    /// Seconds the last run took (setup + call + teardown).
+    duration: f64,
     deps: i64,
     env: i64,
     run: u64,
@@ -67,6 +69,8 @@ struct RunState {
     /// Tests known to be unaffected when the run began: every process of
     /// the run deselects exactly these, whatever is recorded meanwhile.
     unaffected: HashSet<String>,
+    /// How known tests sort when the run began (see [`Pytest::select`]).
+    priority: HashMap<String, (u8, f64)>,
 }
 
 #[derive(Default)]
@@ -292,6 +296,7 @@ impl Pytest {
                 TestRecord {
                     file: row.file,
                     outcome,
+                    duration: row.durations.iter().sum(),
                     deps: row.depset,
                     env: row.env,
                     run: row.run,
@@ -385,6 +390,14 @@ impl Pytest {
             known = self.tests.len(),
             "run started"
         );
+        let priority = self
+            .tests
+            .iter()
+            .map(|(id, t)| {
+                let class = if t.outcome.is_failure() { 0 } else { 2 };
+                (id.clone(), (class, t.duration))
+            })
+            .collect();
         self.runs.insert(
             run,
             RunState {
@@ -392,6 +405,7 @@ impl Pytest {
                 env: env_id,
                 mode: params.mode,
                 unaffected,
+                priority,
             },
         );
         Ok(run)
@@ -413,6 +427,7 @@ impl Pytest {
                     env,
                     mode: RunMode::All,
                     unaffected: HashSet::new(),
+                    priority: HashMap::new(),
                 },
             );
         }
@@ -425,16 +440,27 @@ impl Pytest {
         params: SelectParams,
     ) -> Result<Selection, PytestError> {
         let state = self.run_state(ctx, params.run_id)?;
-        let run = match state.mode {
-            RunMode::All => params.tests.into_iter().map(|t| t.id).collect(),
+        let mut run: Vec<(usize, String)> = match state.mode {
+            RunMode::All => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
             RunMode::Affected => params
                 .tests
                 .into_iter()
                 .filter(|t| !state.unaffected.contains(&t.id))
                 .map(|t| t.id)
+                .enumerate()
                 .collect(),
         };
-        Ok(Selection { run })
+        // Quick feedback: what failed last time first, then new tests, then
+        // the fastest first. Computed from the run's snapshot, so every
+        // process of the run orders alike; ties keep collection order.
+        let key = |(index, id): &(usize, String)| {
+            let (class, duration) = state.priority.get(id).copied().unwrap_or((1, 0.0));
+            (class, ordered(duration), *index)
+        };
+        run.sort_by_key(key);
+        Ok(Selection {
+            run: run.into_iter().map(|(_, id)| id).collect(),
+        })
     }
 
     pub fn end_run(&mut self, ctx: &mut Ctx<'_>, params: EndRunParams) -> Result<(), PytestError> {
@@ -507,6 +533,7 @@ impl Pytest {
                 TestRecord {
                     file,
                     outcome: r.outcome,
+                    duration: r.durations.setup + r.durations.call + r.durations.teardown,
                     deps: set,
                     env: env_id,
                     run: params.run_id,
@@ -1052,6 +1079,16 @@ impl Pytest {
             reasons,
             deps,
         }
+    }
+}
+
+/// A total order for durations (seconds, never NaN from pytest; a NaN
+/// sorts last).
+fn ordered(seconds: f64) -> u64 {
+    if seconds.is_nan() {
+        u64::MAX
+    } else {
+        (seconds.max(0.0) * 1e6) as u64
     }
 }
 

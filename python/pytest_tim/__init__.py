@@ -152,7 +152,8 @@ class TimPlugin:
         self.collection[rel] = ctx
 
     def pytest_collection_modifyitems(self, session, config, items):
-        if self.conn is None or self.mode != "affected" or self.is_controller:
+        # In `all` mode the daemon deselects nothing but still orders.
+        if self.conn is None or self.is_controller:
             return
         tests = [{"id": item.nodeid, "file": self._rel(item.path) or ""} for item in items]
         try:
@@ -160,13 +161,16 @@ class TimPlugin:
         except DaemonError as e:
             self._disable(f"selection failed: {e}")
             return
-        run = set(answer["run"])
-        selected = [item for item in items if item.nodeid in run]
-        deselected = [item for item in items if item.nodeid not in run]
+        # The daemon answers in the order to run: failed last time first,
+        # then new tests, then the fastest.
+        order = {node_id: i for i, node_id in enumerate(answer["run"])}
+        selected = sorted((item for item in items if item.nodeid in order), key=lambda i: order[i.nodeid])
+        deselected = [item for item in items if item.nodeid not in order]
         if deselected:
             config.hook.pytest_deselected(items=deselected)
         items[:] = selected
-        self.selected_count = (len(selected), len(selected) + len(deselected))
+        if self.mode == "affected":
+            self.selected_count = (len(selected), len(selected) + len(deselected))
 
     def pytest_report_collectionfinish(self, config, start_path, items):
         if self.selected_count is None or self.is_worker:
