@@ -59,6 +59,15 @@ def fetch():
     ),
     ("app/config.py", "LIMIT = 10\n"),
     ("app/cases.py", "CASES = [(1, 2), (2, 4)]\n"),
+    ("app/tables.py", "BASE = 10\n"),
+    (
+        "app/lazy.py",
+        "def compute(x):\n    from app import tables\n\n    return tables.BASE * x\n",
+    ),
+    (
+        "tests/test_lazy.py",
+        "from app.lazy import compute\n\n\ndef test_compute_one():\n    assert compute(1) == 10\n\n\ndef test_compute_two():\n    assert compute(2) == 20\n",
+    ),
     (
         "tests/conftest.py",
         r#"import pytest
@@ -162,7 +171,7 @@ def test_double(a, b):
     ),
 ];
 
-const ALL_TESTS: usize = 15;
+const ALL_TESTS: usize = 17;
 
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
@@ -291,6 +300,10 @@ selection! {
         => ["tests/test_shapes.py::test_area", "tests/test_shapes.py::test_sides", "tests/test_shapes.py::test_init",
             "tests/test_model.py::test_model_area", "tests/test_model.py::test_model_size", "tests/test_model.py::test_model_double"],
         "changed: app/shapes.py::<module>";
+    edit_a_constant_of_a_module_imported_inside_a_function:
+        [("app/tables.py", "BASE = 10", "BASE = 11")]
+        => ["tests/test_lazy.py::test_compute_one", "tests/test_lazy.py::test_compute_two"],
+        "changed: app/tables.py::<module>";
     edit_a_default_argument:
         [("app/numbers.py", "factor=2", "factor=3")]
         => ["tests/test_numbers.py::test_scale"],

@@ -50,6 +50,8 @@ pub enum Dep {
     },
     /// A top-level module from outside the project (installed or stdlib).
     External { module: String },
+    /// The recording missed something; always stale.
+    Incomplete { why: String },
 }
 
 /// Why a test is affected. Rendered as the one-line reasons users see.
@@ -65,6 +67,7 @@ pub enum Reason {
     DirChanged(RepoPath),
     SyntaxError { file: RepoPath, line: u32 },
     RecordedDuringEdit(RepoPath),
+    Incomplete(String),
     PytestConfig(RepoPath),
     Environment(String),
 }
@@ -90,6 +93,7 @@ impl fmt::Display for Reason {
                 write!(f, "{p} changed while the test ran; what ran is unknown")
             }
             Reason::PytestConfig(p) => write!(f, "pytest configuration: {p}"),
+            Reason::Incomplete(why) => write!(f, "incomplete record: {why}"),
             Reason::Environment(what) => write!(f, "{what}"),
         }
     }
@@ -191,6 +195,7 @@ impl<'t, T: Tree> Evaluator<'t, T> {
                 (Some(_), None) => Some(Reason::FileDeleted(path.clone())),
                 _ => Some(Reason::PytestConfig(path.clone())),
             },
+            Dep::Incomplete { why } => Some(Reason::Incomplete(why.clone())),
             Dep::External { module } => match self.env {
                 Some(EnvChange::Modules { modules, changes }) if modules.contains(module) => {
                     Some(Reason::Environment(changes.join("; ")))

@@ -70,7 +70,11 @@ pub struct SyntaxError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedModule {
     pub blocks: Vec<Block>,
+    /// Imports that run at import time (module level, class bodies).
     pub imports: Vec<Import>,
+    /// Imports inside function bodies, by the block whose execution runs
+    /// them: a test that runs the block depends on what they import.
+    pub lazy_imports: Vec<(String, Import)>,
     /// Set when the source does not parse; the blocks are then not to be
     /// trusted, and everything depending on the file counts as changed.
     pub syntax_error: Option<SyntaxError>,
@@ -109,6 +113,9 @@ struct Walker<'s> {
     /// (property getter and setter, `if`/`else` variants) share a block.
     functions: BTreeMap<String, Acc>,
     imports: Vec<Import>,
+    lazy_imports: Vec<(String, Import)>,
+    /// The function block being walked, innermost last.
+    blocks: Vec<String>,
 }
 
 /// Parses `src` (Python source bytes) as a library module.
@@ -127,6 +134,7 @@ pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
         return ParsedModule {
             blocks: Vec::new(),
             imports: Vec::new(),
+            lazy_imports: Vec::new(),
             syntax_error: Some(SyntaxError { line: 1, column: 1 }),
         };
     };
@@ -135,6 +143,8 @@ pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
         src,
         functions: BTreeMap::new(),
         imports: Vec::new(),
+        lazy_imports: Vec::new(),
+        blocks: Vec::new(),
     };
     let last_line = root.end_position().row as u32 + 1;
     let mut module = Acc::new(1, last_line);
@@ -158,6 +168,7 @@ pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
     ParsedModule {
         blocks,
         imports: walker.imports,
+        lazy_imports: walker.lazy_imports,
         syntax_error: first_error(root),
     }
 }
@@ -226,8 +237,22 @@ impl<'s> Walker<'s> {
                 }
             }
             "import_statement" | "import_from_statement" | "future_import_statement" => {
-                if let Scope::Module { .. } = scope {
-                    self.import(node);
+                match (scope, self.blocks.last()) {
+                    (Scope::Module { .. }, _) => {
+                        let found = self.import(node);
+                        self.imports.extend(found);
+                    }
+                    (Scope::Function, Some(block)) => {
+                        let block = block.clone();
+                        let found = self.import(node);
+                        self.lazy_imports
+                            .extend(found.into_iter().map(|i| (block.clone(), i)));
+                    }
+                    // A signature or decorator: evaluated at import time.
+                    (Scope::Function, None) => {
+                        let found = self.import(node);
+                        self.imports.extend(found);
+                    }
                 }
             }
             _ => {}
@@ -283,7 +308,9 @@ impl<'s> Walker<'s> {
                 .unwrap_or_else(|| Acc::new(first, last));
             fn_acc.first_line = fn_acc.first_line.min(first);
             fn_acc.last_line = fn_acc.last_line.max(last);
+            self.blocks.push(qualname.clone());
             self.tokens(body, &Scope::Function, &mut fn_acc);
+            self.blocks.pop();
             self.functions.insert(qualname, fn_acc);
         }
     }
@@ -338,7 +365,11 @@ impl<'s> Walker<'s> {
         acc.first_line = acc.first_line.min(first);
         acc.last_line = acc.last_line.max(last);
         match def.kind() {
-            "function_definition" => self.tokens(node, &Scope::Function, &mut acc),
+            "function_definition" => {
+                self.blocks.push(qualname.clone());
+                self.tokens(node, &Scope::Function, &mut acc);
+                self.blocks.pop();
+            }
             "class_definition" if name.starts_with("Test") => {
                 let body = def.child_by_field_name("body");
                 let inner = Scope::Module {
@@ -380,7 +411,8 @@ impl<'s> Walker<'s> {
         true
     }
 
-    fn import(&mut self, node: Node) {
+    fn import(&self, node: Node) -> Vec<Import> {
+        let mut found = Vec::new();
         let src = self.src;
         let dotted = |n: Node| {
             String::from_utf8_lossy(&src[n.byte_range()]).replace(char::is_whitespace, "")
@@ -394,7 +426,7 @@ impl<'s> Walker<'s> {
                     } else {
                         child
                     };
-                    self.imports.push(Import {
+                    found.push(Import {
                         module: dotted(target),
                         level: 0,
                         names: Vec::new(),
@@ -403,7 +435,7 @@ impl<'s> Walker<'s> {
             }
             "import_from_statement" => {
                 let Some(module) = node.child_by_field_name("module_name") else {
-                    return;
+                    return found;
                 };
                 let (path, level) = if module.kind() == "relative_import" {
                     let text = dotted(module);
@@ -429,7 +461,7 @@ impl<'s> Walker<'s> {
                 {
                     names.push("*".to_owned());
                 }
-                self.imports.push(Import {
+                found.push(Import {
                     module: path,
                     level,
                     names,
@@ -438,6 +470,7 @@ impl<'s> Walker<'s> {
             // `from __future__ import x` imports nothing from the project.
             _ => {}
         }
+        found
     }
 }
 
@@ -675,8 +708,12 @@ except ImportError:
     import slow
 class K:
     import inside_class
+    def m(self):
+        from . import in_method
 def f():
     import lazy
+    def inner():
+        import lazier
 "#;
         let parsed = parse(src.as_bytes());
         let got: Vec<(String, u32, Vec<String>)> = parsed
@@ -697,6 +734,16 @@ def f():
                 ("slow".into(), 0, vec![]),
                 ("inside_class".into(), 0, vec![]),
             ]
+        );
+        let lazy: Vec<(String, String)> = parse(src.as_bytes())
+            .lazy_imports
+            .into_iter()
+            .map(|(block, i)| (block, i.module + &i.names.join(",")))
+            .collect();
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            lazy,
+            [s("K.m", "in_method"), s("f", "lazy"), s("f", "lazier")]
         );
     }
 

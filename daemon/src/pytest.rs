@@ -557,6 +557,9 @@ impl Pytest {
         deps: &Deps,
     ) -> Result<BTreeSet<Dep>, PytestError> {
         let mut out = BTreeSet::new();
+        if let Some(why) = &deps.incomplete {
+            out.insert(Dep::Incomplete { why: why.clone() });
+        }
         for (file, qualnames) in &deps.code {
             let path = RepoPath::new(file.clone());
             // Untracked code (an ignored directory, a virtualenv inside the
@@ -580,6 +583,19 @@ impl Pytest {
             for q in qualnames {
                 blocks.insert(parsed.as_ref().and_then(|p| block_for(q, p)));
             }
+            // Imports inside the blocks that ran: a lazily imported module
+            // is imported once per process, so later tests never see its
+            // import-time code run, yet they read what it defined.
+            let lazy: Vec<crate::pyparse::Import> = parsed
+                .as_ref()
+                .map(|p| {
+                    p.lazy_imports
+                        .iter()
+                        .filter(|(block, _)| blocks.contains(&Some(block.clone())))
+                        .map(|(_, import)| import.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
             for block in blocks {
                 let hash = match (&block, &parsed) {
                     (Some(name), Some(p)) => p.block(name).map(|b| b.hash),
@@ -597,6 +613,19 @@ impl Pytest {
                     .iter()
                     .cloned(),
             );
+            if !lazy.is_empty() {
+                let resolved = resolver.resolve(&self.current(ctx), &path, &lazy);
+                for module in resolved.external {
+                    out.insert(Dep::External { module });
+                }
+                for target in resolved.files {
+                    out.extend(
+                        self.closure_deps(ctx, resolver, closures, &target)
+                            .iter()
+                            .cloned(),
+                    );
+                }
+            }
         }
         let tree = self.current(ctx);
         for file in deps.files.iter().filter(|f| !f.starts_with(".tim/")) {
@@ -1054,6 +1083,7 @@ impl Pytest {
                 Dep::Config { path, .. } => ("config", path.to_string()),
                 Dep::Dir { path, .. } => ("dir", format!("{path}/")),
                 Dep::External { module } => ("module", module.clone()),
+                Dep::Incomplete { why } => ("record", format!("incomplete: {why}")),
             };
             let absent = matches!(
                 dep,

@@ -685,7 +685,7 @@ fn unhex(value: &Value) -> Option<Option<ContentHash>> {
 
 /// Dependency sets are stored as JSON arrays of short tagged arrays:
 /// `["c", file, file_hash, block, hash]`, `["f", path, hash]`,
-/// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`. Readable with `sqlite3` when
+/// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`, `["i", why]`. Readable with `sqlite3` when
 /// debugging; compact enough.
 fn encode_deps(deps: &[Dep]) -> Value {
     Value::Array(
@@ -701,6 +701,7 @@ fn encode_deps(deps: &[Dep]) -> Value {
                 Dep::Dir { path, hash } => json!(["d", path.as_str(), hex(hash)]),
                 Dep::Config { path, hash } => json!(["g", path.as_str(), hex(hash)]),
                 Dep::External { module } => json!(["x", module]),
+                Dep::Incomplete { why } => json!(["i", why]),
             })
             .collect(),
     )
@@ -731,6 +732,7 @@ fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
                 hash: unhex(a.get(2)?)?,
             },
             "x" => Dep::External { module: text(1)? },
+            "i" => Dep::Incomplete { why: text(1)? },
             _ => return None,
         });
     }

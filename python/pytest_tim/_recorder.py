@@ -30,17 +30,21 @@ _IMPORTLIB = os.sep + "importlib" + os.sep
 
 
 class Context:
-    __slots__ = ("code", "files", "dirs")
+    __slots__ = ("code", "files", "dirs", "incomplete")
 
     def __init__(self):
         self.code = set()
         self.files = set()
         self.dirs = set()
+        # Why recording may have missed something while this context was
+        # open (None: nothing known to be missed).
+        self.incomplete = None
 
     def merge(self, other):
         self.code |= other.code
         self.files |= other.files
         self.dirs |= other.dirs
+        self.incomplete = self.incomplete or other.incomplete
 
     def to_wire(self, root):
         """`{"code": {file: [qualname, ...]}, "files": [...], "dirs": [...]}`
@@ -51,11 +55,14 @@ class Context:
             if rel is None or _excluded(rel):
                 continue
             code.setdefault(rel, set()).add(getattr(c, "co_qualname", c.co_name))
-        return {
+        wire = {
             "code": {f: sorted(names) for f, names in sorted(code.items())},
             "files": sorted(r for r in (_relative(root, p) for p in self.files) if r and not _excluded(r)),
             "dirs": sorted(r for r in (_relative(root, p) for p in self.dirs) if r is not None and not _excluded(r)),
         }
+        if self.incomplete:
+            wire["incomplete"] = self.incomplete
+        return wire
 
 
 def _environment_prefixes(root):
@@ -120,6 +127,11 @@ class Recorder:
             self._active.remove(ctx)
         except ValueError:
             pass
+        lost = self._backend.lost()
+        if lost:
+            ctx.incomplete = lost
+            for other in self._active:
+                other.incomplete = other.incomplete or lost
         return ctx
 
     def _audit(self, event, args):
@@ -202,6 +214,19 @@ class _MonitoringBackend:
     def rearm(self):
         sys.monitoring.restart_events()
 
+    def lost(self):
+        """Why events may have been missed since the last check, or None."""
+        mon = sys.monitoring
+        if self._tool is None or mon.get_tool(self._tool) != "tim" or not mon.get_events(self._tool) & mon.events.PY_START:
+            # Someone freed or reconfigured our tool id: take it back.
+            try:
+                self.stop()
+            except ValueError:
+                self._tool = None
+            self.start()
+            return "recording was switched off by the code under test"
+        return None
+
     def stop(self):
         if self._tool is None:
             return
@@ -258,6 +283,19 @@ class _TraceBackend:
 
     def rearm(self):
         self._seen.clear()
+        self.lost()
+
+    def lost(self):
+        """Why calls may have been missed since the last check, or None.
+
+        CPython removes a trace function that raises (a RecursionError deep
+        in a test hits it too), and code under test may replace it: then it
+        is put back, and what ran meanwhile is unknown."""
+        if sys.gettrace() is self._trace:
+            return None
+        sys.settrace(self._trace)
+        threading.settrace(self._trace)
+        return "call tracing was removed by the code under test (or by a RecursionError)"
 
     def stop(self):
         if self._installed:

@@ -112,3 +112,42 @@ def test_sqlite_databases_opened_by_tests_are_files_read(project):
     sqlite3.connect(":memory:").close()
     recorder.pop(ctx)
     assert ctx.to_wire(recorder.root)["files"] == ["fixtures.sqlite"]
+
+
+def test_recording_switched_off_by_the_code_under_test_is_noticed_and_restored(project):
+    root, recorder = project
+    mod = importlib.import_module("pkg.mod")
+    ctx = recorder.push()
+    backend = recorder._backend
+    if hasattr(sys, "monitoring"):
+        sys.monitoring.set_events(backend._tool, 0)
+    else:
+        sys.settrace(None)
+    mod.first()
+    recorder.pop(ctx)
+    assert "switched off" in ctx.to_wire(recorder.root)["incomplete"] or "removed" in ctx.to_wire(recorder.root)["incomplete"]
+    again = recorder.push()
+    mod.second()
+    recorder.pop(again)
+    wire = again.to_wire(recorder.root)
+    assert "incomplete" not in wire
+    assert "second" in wire["code"]["pkg/mod.py"]
+
+
+def test_a_recursion_error_in_a_test_does_not_end_recording(project):
+    root, recorder = project
+    mod = importlib.import_module("pkg.mod")
+
+    def deep(n):
+        return deep(n + 1)
+
+    ctx = recorder.push()
+    try:
+        deep(0)
+    except RecursionError:
+        pass
+    recorder.pop(ctx)
+    after = recorder.push()
+    mod.first()
+    recorder.pop(after)
+    assert after.to_wire(recorder.root)["code"]["pkg/mod.py"] == ["first"]
