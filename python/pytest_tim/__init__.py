@@ -123,6 +123,7 @@ class TimPlugin:
 
     # -- xdist --------------------------------------------------------------
 
+    @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):
         # Only called in an xdist controller: hand the run to the workers.
         if self.run_id is not None:

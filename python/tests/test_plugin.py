@@ -38,3 +38,10 @@ def test_options_are_documented(suite):
     result = suite.runpytest_subprocess("-p", "pytest_tim", "--help")
     out = result.stdout.str()
     assert "--tim " in out and "--tim-all" in out
+
+
+def test_works_without_xdist(suite):
+    # xdist-only hooks must not be required (pytest rejects unknown hooks).
+    result = suite.runpytest_subprocess("-p", "pytest_tim", "--tim", "-p", "no:xdist")
+    result.assert_outcomes(passed=3)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
