@@ -255,7 +255,7 @@ class TimPlugin:
         if collection:
             data["collection"] = collection
         try:
-            self.conn.request("record", data)
+            self.conn.send("record", data)
         except DaemonError as e:
             self._disable(f"recording failed: {e}")
         self.pending = []
@@ -268,6 +268,11 @@ class TimPlugin:
             ]
             self._flush(collection)
             self.recorder.stop()
+            if self.conn is not None:
+                try:
+                    self.conn.drain()
+                except DaemonError as e:
+                    self._disable(f"recording failed: {e}")
         if self.conn is not None and not self.is_worker:
             try:
                 self.conn.request(

@@ -91,6 +91,10 @@ class Connection:
             raise DaemonError(f"cannot connect to the tim daemon at {socket_path}: {e}") from None
         self._reader = self._sock.makefile("rb")
         self._next_id = 1
+        # Requests sent without waiting (see `send`), and the first error
+        # one of them got.
+        self._outstanding = set()
+        self._late_error = None
         self.hello = self.request(
             "hello",
             {
@@ -119,22 +123,55 @@ class Connection:
                 code="incompatible_protocol",
             )
 
-    def request(self, kind, data):
+    def _send(self, kind, data):
         frame_id = self._next_id
         self._next_id += 1
         line = json.dumps({"id": frame_id, "type": kind, "data": data}, separators=(",", ":"))
         try:
             self._sock.sendall(line.encode() + b"\n")
-            while True:
-                raw = self._reader.readline()
-                if not raw:
-                    raise DaemonError("the tim daemon closed the connection")
-                frame = json.loads(raw)
-                if frame.get("id") not in (None, frame_id):
-                    continue
-                break
         except OSError as e:
             raise DaemonError(f"lost the connection to the tim daemon: {e}") from None
+        return frame_id
+
+    def _read(self):
+        try:
+            raw = self._reader.readline()
+        except OSError as e:
+            raise DaemonError(f"lost the connection to the tim daemon: {e}") from None
+        if not raw:
+            raise DaemonError("the tim daemon closed the connection")
+        return json.loads(raw)
+
+    def _settle(self, frame):
+        """Accounts for the answer to a request sent with `send`."""
+        self._outstanding.discard(frame.get("id"))
+        if frame.get("type") == "error" and self._late_error is None:
+            data = frame.get("data", {})
+            self._late_error = DaemonError(data.get("message", "unknown error"), code=data.get("code", "internal"))
+
+    def send(self, kind, data):
+        """Sends a request without waiting for its answer: the daemon works
+        on it while the tests go on. `drain` collects the answers."""
+        self._outstanding.add(self._send(kind, data))
+
+    def drain(self):
+        """Waits for the answers to every `send`; raises the first error."""
+        while self._outstanding:
+            self._settle(self._read())
+        if self._late_error is not None:
+            error, self._late_error = self._late_error, None
+            raise error
+
+    def request(self, kind, data):
+        frame_id = self._send(kind, data)
+        while True:
+            frame = self._read()
+            if frame.get("id") in self._outstanding:
+                self._settle(frame)
+                continue
+            if frame.get("id") not in (None, frame_id):
+                continue
+            break
         if frame.get("type") == "error":
             data = frame.get("data", {})
             raise DaemonError(data.get("message", "unknown error"), code=data.get("code", "internal"))

@@ -25,6 +25,7 @@ import sys
 import threading
 
 _WRITE_ONLY = os.O_WRONLY
+_CODE = type(compile("", "", "exec"))
 _MACHINERY = os.sep + "_pytest" + os.sep
 _IMPORTLIB = os.sep + "importlib" + os.sep
 
@@ -135,6 +136,12 @@ class Recorder:
         return ctx
 
     def _audit(self, event, args):
+        if event == "exec":
+            # A module (or code given to exec) is about to run: arm it.
+            instrument = getattr(self._backend, "instrument", None)
+            if instrument is not None and self._backend._tool is not None and isinstance(args[0], _CODE):
+                instrument(args[0])
+            return
         # Audit hooks cannot be removed; when nothing records, return fast.
         if not self._active:
             return
@@ -183,11 +190,20 @@ class Recorder:
 
 
 class _MonitoringBackend:
+    """PY_START events as *local* events on the project's code objects only:
+    pytest's and the standard library's functions never call back, so
+    re-arming them all for every test costs nothing. Code objects are found
+    when their module executes (the `exec` audit event, which every import
+    raises) and, for modules imported before recording started, through the
+    live function objects."""
+
     name = "sys.monitoring"
 
     def __init__(self, recorder):
         self._recorder = recorder
         self._tool = None
+        self._instrumented = set()
+        self._on_start = None
 
     def start(self):
         mon = sys.monitoring
@@ -198,18 +214,44 @@ class _MonitoringBackend:
                 break
         else:
             raise RuntimeError("no free sys.monitoring tool id")
-        root = self._recorder.root
         active = self._recorder._active
         disable = mon.DISABLE
 
         def on_start(code, offset):
-            if code.co_filename.startswith(root):
-                for ctx in active:
-                    ctx.code.add(code)
+            for ctx in active:
+                ctx.code.add(code)
             return disable
 
+        self._on_start = on_start
         mon.register_callback(self._tool, mon.events.PY_START, on_start)
-        mon.set_events(self._tool, mon.events.PY_START)
+        if self._instrumented:
+            # Taken back after the code under test freed our tool id.
+            for code in self._instrumented:
+                mon.set_local_events(self._tool, code, mon.events.PY_START)
+            return
+        import gc
+        import types
+
+        for obj in gc.get_objects():
+            if isinstance(obj, types.FunctionType):
+                self.instrument(obj.__code__)
+
+    def instrument(self, code):
+        """Arms `code` and the code objects nested in it, if they are the
+        project's."""
+        mon = sys.monitoring
+        root = self._recorder.root
+        stack = [code]
+        while stack:
+            c = stack.pop()
+            if c in self._instrumented:
+                continue
+            rel = _relative(root, c.co_filename)
+            if rel is None or _excluded(rel):
+                continue
+            self._instrumented.add(c)
+            mon.set_local_events(self._tool, c, mon.events.PY_START)
+            stack.extend(k for k in c.co_consts if isinstance(k, type(c)))
 
     def rearm(self):
         sys.monitoring.restart_events()
@@ -217,24 +259,30 @@ class _MonitoringBackend:
     def lost(self):
         """Why events may have been missed since the last check, or None."""
         mon = sys.monitoring
-        if self._tool is None or mon.get_tool(self._tool) != "tim" or not mon.get_events(self._tool) & mon.events.PY_START:
-            # Someone freed or reconfigured our tool id: take it back.
+        intact = False
+        if self._tool is not None and mon.get_tool(self._tool) == "tim":
             try:
-                self.stop()
+                intact = mon.register_callback(self._tool, mon.events.PY_START, self._on_start) is self._on_start
             except ValueError:
-                self._tool = None
-            self.start()
-            return "recording was switched off by the code under test"
-        return None
+                intact = False
+        if intact:
+            return None
+        # Someone freed our tool id or replaced our callback: take it back.
+        try:
+            self.stop()
+        except ValueError:
+            self._tool = None
+        self.start()
+        return "recording was switched off by the code under test"
 
     def stop(self):
         if self._tool is None:
             return
         mon = sys.monitoring
-        mon.set_events(self._tool, 0)
-        mon.register_callback(self._tool, mon.events.PY_START, None)
-        mon.free_tool_id(self._tool)
-        self._tool = None
+        tool, self._tool = self._tool, None
+        if mon.get_tool(tool) == "tim":
+            mon.register_callback(tool, mon.events.PY_START, None)
+            mon.free_tool_id(tool)
 
 
 class _TraceBackend:

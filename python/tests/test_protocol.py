@@ -73,6 +73,26 @@ class FakeDaemon:
         conn.close()
 
 
+def test_pipelined_requests_report_their_errors_when_drained():
+    daemon = FakeDaemon(
+        [
+            hello_with(["runs", "selection"]),
+            golden("response.ok.json"),
+            golden("response.error.json"),
+            golden("response.run_started.json"),
+        ]
+    )
+    conn = _client.Connection(daemon.path, "0.1.0")
+    conn.send("record", {"run_id": 8, "tests": []})
+    conn.send("record", {"run_id": 8, "tests": []})
+    # A plain request in between still gets its own answer.
+    assert conn.request("begin_run", {})["run_id"] == 8
+    with pytest.raises(_client.DaemonError) as err:
+        conn.drain()
+    assert err.value.code == "unknown_request"
+    conn.close()
+
+
 def hello_with(capabilities, protocol=None):
     frame = golden("response.hello.json")
     frame["data"]["capabilities"] = capabilities

@@ -120,7 +120,9 @@ def test_recording_switched_off_by_the_code_under_test_is_noticed_and_restored(p
     ctx = recorder.push()
     backend = recorder._backend
     if hasattr(sys, "monitoring"):
-        sys.monitoring.set_events(backend._tool, 0)
+        tool = backend._tool
+        sys.monitoring.register_callback(tool, sys.monitoring.events.PY_START, None)
+        sys.monitoring.free_tool_id(tool)
     else:
         sys.settrace(None)
     mod.first()
