@@ -176,7 +176,7 @@ const ALL_TESTS: usize = 17;
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
 enum Recorder {
-    /// Python 3.11: call events from `sys.settrace`.
+    /// Python 3.11: the C profiler.
     Trace,
     /// Python >= 3.12: `sys.monitoring`.
     Monitoring,
@@ -185,7 +185,7 @@ enum Recorder {
 fn recorded_sample_with(recorder: Recorder) -> Project {
     let mut p = Project::with_files(SAMPLE);
     let (python, banner) = match recorder {
-        Recorder::Trace => (test_python(), "recording with sys.settrace"),
+        Recorder::Trace => (test_python(), "recording with cProfile"),
         Recorder::Monitoring => (test_python_monitoring(), "recording with sys.monitoring"),
     };
     p.env("TIM_PYTHON", &python);
@@ -274,7 +274,7 @@ macro_rules! selection {
             use super::*;
 
             #[test]
-            fn settrace() {
+            fn cprofile() {
                 check_with(Recorder::Trace, &[$($edit),*], &[$($id),*], $reason);
             }
 

@@ -9,7 +9,7 @@
 //! whether it is a pytest plugin: enough to say which tests can observe a
 //! change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,6 +61,17 @@ pub fn normalize(name: &str) -> String {
 /// contribute nothing (a vanished virtualenv then looks like an environment
 /// where everything was uninstalled, which affects every test).
 pub fn scan(site_dirs: &[String]) -> BTreeMap<String, Dist> {
+    scan_cached(site_dirs, &mut HashMap::new())
+}
+
+/// [`scan`], reading the metadata of each `*.dist-info` directory only the
+/// first time it is seen: a directory's name carries the version, so a
+/// changed distribution is a new directory. Only listing the site
+/// directories is left for every query.
+pub fn scan_cached(
+    site_dirs: &[String],
+    cache: &mut HashMap<std::path::PathBuf, Dist>,
+) -> BTreeMap<String, Dist> {
     let mut dists = BTreeMap::new();
     for dir in site_dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -86,7 +97,11 @@ pub fn scan(site_dirs: &[String]) -> BTreeMap<String, Dist> {
                 continue;
             }
             let info = Path::new(dir).join(&name);
-            dists.insert(key.clone(), read_dist(&info, &key, version));
+            let dist = cache
+                .entry(info.clone())
+                .or_insert_with(|| read_dist(&info, &key, version))
+                .clone();
+            dists.insert(key, dist);
         }
     }
     dists

@@ -88,6 +88,9 @@ pub struct Pytest {
     /// pytest's `python_files` and `testpaths`, from the latest run.
     patterns: Vec<String>,
     testpaths: Vec<RepoPath>,
+    /// Metadata of the `*.dist-info` directories seen (see
+    /// [`pyenv::scan_cached`]).
+    dist_cache: HashMap<std::path::PathBuf, pyenv::Dist>,
 }
 
 /// The tree as the index (and, for untracked paths, the disk) shows it.
@@ -355,7 +358,7 @@ impl Pytest {
         let env = Snapshot {
             python_files: params.collection.python_files,
             testpaths: params.collection.testpaths,
-            dists: pyenv::scan(&params.environment.site_dirs),
+            dists: pyenv::scan_cached(&params.environment.site_dirs, &mut self.dist_cache),
             python: params.environment.python,
             version: params.environment.version,
             implementation: params.environment.implementation,
@@ -764,10 +767,10 @@ impl Pytest {
 
     /// The environment as it is now: the latest run's interpreter (or the
     /// one the client names) with the distributions on disk now.
-    fn current_env(&self, python: Option<&str>) -> Option<Snapshot> {
+    fn current_env(&mut self, python: Option<&str>) -> Option<Snapshot> {
         let latest = self.envs.get(&self.latest_env?)?;
         let mut env = Snapshot::clone(latest);
-        env.dists = pyenv::scan(&env.site_dirs);
+        env.dists = pyenv::scan_cached(&env.site_dirs, &mut self.dist_cache);
         if let Some(python) = python
             && python != env.python
         {
@@ -813,6 +816,7 @@ impl Pytest {
         for (env_id, ids) in by_env {
             let change = env_changes.get(&env_id).cloned().flatten();
             let mut eval = Evaluator::new(&mut tree, change.as_ref());
+            let mut verdicts: HashMap<i64, Vec<Reason>> = HashMap::new();
             for id in ids {
                 let record = &tests[id];
                 let mut reasons = Vec::new();
@@ -822,16 +826,27 @@ impl Pytest {
                 if let Some(EnvChange::Everything(why)) = &change {
                     reasons.push(Reason::Environment(why.clone()));
                 }
-                match depsets.get(&record.deps) {
-                    Some(deps) => reasons.extend(eval.reasons(deps.iter())),
+                // Tests of one file share their collection set, and often
+                // their own: judge each set once.
+                let mut judge = |set: i64| -> Option<Vec<Reason>> {
+                    if let Some(done) = verdicts.get(&set) {
+                        return Some(done.clone());
+                    }
+                    let deps = depsets.get(&set)?;
+                    let found = eval.reasons(deps.iter());
+                    verdicts.insert(set, found.clone());
+                    Some(found)
+                };
+                match judge(record.deps) {
+                    Some(found) => reasons.extend(found),
                     None => {
                         reasons.push(Reason::Environment("no usable record of this test".into()))
                     }
                 }
                 if let Some((set, _)) = collections.get(&record.file)
-                    && let Some(deps) = depsets.get(set)
+                    && let Some(found) = judge(*set)
                 {
-                    reasons.extend(eval.reasons(deps.iter()));
+                    reasons.extend(found);
                 }
                 if !reasons.is_empty() {
                     reasons.sort();
@@ -856,24 +871,54 @@ impl Pytest {
                 parsed: &mut self.parsed,
                 patterns: &self.patterns,
             };
+            // Per test file: gone, unchanged since collected, or changed.
+            // Only a changed file is parsed, and only its tests checked.
+            let mut changed: HashMap<&RepoPath, Option<Arc<ParsedModule>>> = HashMap::new();
+            let mut unchanged: HashSet<&RepoPath> = HashSet::new();
             for (id, record) in &self.tests {
-                if tree.file_hash(&record.file).is_none() {
-                    gone.push(id.clone());
+                let file = &record.file;
+                if unchanged.contains(file) {
                     continue;
                 }
+                if !changed.contains_key(file) {
+                    let Some(now) = tree.file_hash(file) else {
+                        gone.push(id.clone());
+                        continue;
+                    };
+                    let collected = self
+                        .collections
+                        .get(file)
+                        .and_then(|(set, _)| self.depsets.get(set))
+                        .and_then(|deps| {
+                            deps.iter().find_map(|d| match d {
+                                Dep::Code {
+                                    file: f, file_hash, ..
+                                } if f == file => *file_hash,
+                                _ => None,
+                            })
+                        });
+                    if collected == Some(now) {
+                        unchanged.insert(file);
+                        continue;
+                    }
+                    let parsed = tree.parsed(file).filter(|p| p.syntax_error.is_none());
+                    changed.insert(file, parsed);
+                }
+                let Some(Some(parsed)) = changed.get(file) else {
+                    continue;
+                };
                 let Some(qualname) = test_qualname(id) else {
                     continue;
                 };
-                let was_block = self.depsets.get(&record.deps).is_some_and(|deps| {
-                    deps.iter().any(|d| matches!(d, Dep::Code { file, block: Some(b), .. } if *file == record.file && *b == qualname))
-                });
-                if !was_block {
+                if parsed.block(&qualname).is_some() {
                     continue;
                 }
-                if let Some(parsed) = tree.parsed(&record.file)
-                    && parsed.syntax_error.is_none()
-                    && parsed.block(&qualname).is_none()
-                {
+                // Only a test whose function was a block when recorded can
+                // be known to have vanished (generated tests never were).
+                let was_block = self.depsets.get(&record.deps).is_some_and(|deps| {
+                    deps.iter().any(|d| matches!(d, Dep::Code { file: f, block: Some(b), .. } if f == file && *b == qualname))
+                });
+                if was_block {
                     gone.push(id.clone());
                 }
             }
