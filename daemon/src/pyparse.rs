@@ -280,6 +280,21 @@ impl<'s> Walker<'s> {
         }
     }
 
+    /// The accumulator of block `qualname`, grown to cover `node`: a second
+    /// definition with the same qualname (a property setter, an `if`/`else`
+    /// variant) adds to the first's block.
+    fn block_acc(&mut self, qualname: &str, node: Node) -> Acc {
+        let first = node.start_position().row as u32 + 1;
+        let last = node.end_position().row as u32 + 1;
+        let mut acc = self
+            .functions
+            .remove(qualname)
+            .unwrap_or_else(|| Acc::new(first, last));
+        acc.first_line = acc.first_line.min(first);
+        acc.last_line = acc.last_line.max(last);
+        acc
+    }
+
     fn function(&mut self, node: Node, prefix: &str, acc: &mut Acc) {
         let name = node
             .child_by_field_name("name")
@@ -300,14 +315,7 @@ impl<'s> Walker<'s> {
             self.walk(child, &Scope::Function, acc);
         }
         if let Some(body) = body {
-            let first = node.start_position().row as u32 + 1;
-            let last = node.end_position().row as u32 + 1;
-            let mut fn_acc = self
-                .functions
-                .remove(&qualname)
-                .unwrap_or_else(|| Acc::new(first, last));
-            fn_acc.first_line = fn_acc.first_line.min(first);
-            fn_acc.last_line = fn_acc.last_line.max(last);
+            let mut fn_acc = self.block_acc(&qualname, node);
             self.blocks.push(qualname.clone());
             self.tokens(body, &Scope::Function, &mut fn_acc);
             self.blocks.pop();
@@ -356,14 +364,7 @@ impl<'s> Walker<'s> {
             .map(|n| String::from_utf8_lossy(self.text(n)).into_owned())
             .unwrap_or_default();
         let qualname = format!("{prefix}{name}");
-        let first = node.start_position().row as u32 + 1;
-        let last = node.end_position().row as u32 + 1;
-        let mut acc = self
-            .functions
-            .remove(&qualname)
-            .unwrap_or_else(|| Acc::new(first, last));
-        acc.first_line = acc.first_line.min(first);
-        acc.last_line = acc.last_line.max(last);
+        let mut acc = self.block_acc(&qualname, node);
         match def.kind() {
             "function_definition" => {
                 self.blocks.push(qualname.clone());
