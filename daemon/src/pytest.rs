@@ -78,7 +78,10 @@ pub struct Pytest {
     tests: BTreeMap<String, TestRecord>,
     /// Test file → dependency set of its collection.
     collections: BTreeMap<RepoPath, (i64, i64)>,
-    depsets: HashMap<i64, Arc<Vec<Dep>>>,
+    /// Dependency sets by store id, as indices into `deps`: many sets
+    /// share dependencies, and a query judges each distinct one once.
+    depsets: HashMap<i64, Arc<Vec<u32>>>,
+    deps: DepTable,
     envs: HashMap<i64, Arc<Snapshot>>,
     latest_env: Option<i64>,
     runs: HashMap<u64, RunState>,
@@ -91,6 +94,33 @@ pub struct Pytest {
     /// Metadata of the `*.dist-info` directories seen (see
     /// [`pyenv::scan_cached`]).
     dist_cache: HashMap<std::path::PathBuf, pyenv::Dist>,
+}
+
+/// Distinct dependencies, interned.
+#[derive(Default)]
+struct DepTable {
+    all: Vec<Dep>,
+    ids: HashMap<Dep, u32>,
+}
+
+impl DepTable {
+    fn intern(&mut self, dep: Dep) -> u32 {
+        if let Some(&id) = self.ids.get(&dep) {
+            return id;
+        }
+        let id = self.all.len() as u32;
+        self.ids.insert(dep.clone(), id);
+        self.all.push(dep);
+        id
+    }
+
+    fn set(&mut self, deps: Vec<Dep>) -> Arc<Vec<u32>> {
+        Arc::new(deps.into_iter().map(|d| self.intern(d)).collect())
+    }
+
+    fn get(&self, id: u32) -> &Dep {
+        &self.all[id as usize]
+    }
 }
 
 /// The tree as the index (and, for untracked paths, the disk) shows it.
@@ -288,7 +318,8 @@ impl Pytest {
             me.set_discovery(&latest);
         }
         for (id, deps) in store.load_depsets()? {
-            me.depsets.insert(id, Arc::new(deps));
+            let set = me.deps.set(deps);
+            me.depsets.insert(id, set);
         }
         for row in store.load_tests()? {
             let Some(outcome) = parse_outcome(&row.outcome) else {
@@ -478,6 +509,19 @@ impl Pytest {
             .chain(self.collections.values().map(|c| c.0))
             .collect();
         self.depsets.retain(|id, _| used.contains(id));
+        // Rebuild the table when most of it is no longer referenced.
+        let referenced: HashSet<u32> = self
+            .depsets
+            .values()
+            .flat_map(|s| s.iter().copied())
+            .collect();
+        if referenced.len() * 2 < self.deps.all.len() {
+            let old = std::mem::take(&mut self.deps);
+            for set in self.depsets.values_mut() {
+                let deps: Vec<Dep> = set.iter().map(|&i| old.get(i).clone()).collect();
+                *set = self.deps.set(deps);
+            }
+        }
         tracing::debug!(
             dropped,
             kept = self.depsets.len(),
@@ -530,7 +574,10 @@ impl Pytest {
             ctx.store
                 .record(params.run_id, env_id, &new, &collection_refs)?;
         for ((deps, r, file), set) in rows.into_iter().zip(test_sets) {
-            self.depsets.entry(set).or_insert_with(|| Arc::new(deps));
+            if !self.depsets.contains_key(&set) {
+                let interned = self.deps.set(deps);
+                self.depsets.insert(set, interned);
+            }
             self.tests.insert(
                 r.id.clone(),
                 TestRecord {
@@ -544,7 +591,10 @@ impl Pytest {
             );
         }
         for ((file, deps), set) in collections.into_iter().zip(collection_sets) {
-            self.depsets.entry(set).or_insert_with(|| Arc::new(deps));
+            if !self.depsets.contains_key(&set) {
+                let interned = self.deps.set(deps);
+                self.depsets.insert(set, interned);
+            }
             self.collections.insert(file, (set, env_id));
         }
         Ok(())
@@ -807,6 +857,7 @@ impl Pytest {
         let tests = &self.tests;
         let collections = &self.collections;
         let depsets = &self.depsets;
+        let table = &self.deps;
         let mut tree = Current {
             index: ctx.index,
             filter: ctx.filter,
@@ -817,6 +868,8 @@ impl Pytest {
             let change = env_changes.get(&env_id).cloned().flatten();
             let mut eval = Evaluator::new(&mut tree, change.as_ref());
             let mut verdicts: HashMap<i64, Vec<Reason>> = HashMap::new();
+            // Per interned dependency: not judged yet, fresh, or stale.
+            let mut judged: Vec<Option<Option<Reason>>> = vec![None; table.all.len()];
             for id in ids {
                 let record = &tests[id];
                 let mut reasons = Vec::new();
@@ -832,8 +885,16 @@ impl Pytest {
                     if let Some(done) = verdicts.get(&set) {
                         return Some(done.clone());
                     }
-                    let deps = depsets.get(&set)?;
-                    let found = eval.reasons(deps.iter());
+                    let ids = depsets.get(&set)?;
+                    let mut found = BTreeSet::new();
+                    for &i in ids.iter() {
+                        let verdict =
+                            judged[i as usize].get_or_insert_with(|| eval.stale(table.get(i)));
+                        if let Some(reason) = verdict {
+                            found.insert(reason.clone());
+                        }
+                    }
+                    let found: Vec<Reason> = found.into_iter().collect();
                     verdicts.insert(set, found.clone());
                     Some(found)
                 };
@@ -889,8 +950,8 @@ impl Pytest {
                         .collections
                         .get(file)
                         .and_then(|(set, _)| self.depsets.get(set))
-                        .and_then(|deps| {
-                            deps.iter().find_map(|d| match d {
+                        .and_then(|ids| {
+                            ids.iter().find_map(|&i| match self.deps.get(i) {
                                 Dep::Code {
                                     file: f, file_hash, ..
                                 } if f == file => *file_hash,
@@ -915,8 +976,8 @@ impl Pytest {
                 }
                 // Only a test whose function was a block when recorded can
                 // be known to have vanished (generated tests never were).
-                let was_block = self.depsets.get(&record.deps).is_some_and(|deps| {
-                    deps.iter().any(|d| matches!(d, Dep::Code { file: f, block: Some(b), .. } if f == file && *b == qualname))
+                let was_block = self.depsets.get(&record.deps).is_some_and(|ids| {
+                    ids.iter().any(|&i| matches!(self.deps.get(i), Dep::Code { file: f, block: Some(b), .. } if f == file && *b == qualname))
                 });
                 if was_block {
                     gone.push(id.clone());
@@ -1000,6 +1061,7 @@ impl Pytest {
             let Some(deps) = self.depsets.get(set) else {
                 continue;
             };
+            let deps: Vec<&Dep> = deps.iter().map(|&i| self.deps.get(i)).collect();
             // Any edit of the test file itself may add or rename tests.
             let recorded = deps.iter().find_map(|d| match d {
                 Dep::Code {
@@ -1014,7 +1076,7 @@ impl Pytest {
             let reason = if edited {
                 Some(format!("collect again: {file} changed"))
             } else {
-                eval.reasons(deps.iter())
+                eval.reasons(deps.iter().copied())
                     .into_iter()
                     .next()
                     .map(|r| format!("collect again: {r}"))
@@ -1084,12 +1146,12 @@ impl Pytest {
         let mut all: Vec<Dep> = self
             .depsets
             .get(&set)
-            .map(|d| d.to_vec())
+            .map(|ids| ids.iter().map(|&i| self.deps.get(i).clone()).collect())
             .unwrap_or_default();
         if let Some((cset, _)) = self.collections.get(&file)
-            && let Some(deps) = self.depsets.get(cset)
+            && let Some(ids) = self.depsets.get(cset)
         {
-            all.extend(deps.iter().cloned());
+            all.extend(ids.iter().map(|&i| self.deps.get(i).clone()));
         }
         all.sort();
         all.dedup();
