@@ -13,7 +13,8 @@
 use crate::index::{ContentHash, RepoPath};
 use crate::pyenv::EnvChange;
 use crate::pyparse::ParsedModule;
-use std::collections::{BTreeSet, HashMap};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 

@@ -17,7 +17,8 @@ use crate::pyenv::{self, EnvChange, Snapshot};
 use crate::pyparse::{self, MODULE_BLOCK, Mode, ParsedModule};
 use crate::scan::Filter;
 use crate::store::{NewTest, Store, StoreError};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tim_proto::{
     AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
@@ -93,7 +94,7 @@ pub struct Pytest {
     testpaths: Vec<RepoPath>,
     /// Metadata of the `*.dist-info` directories seen (see
     /// [`pyenv::scan_cached`]).
-    dist_cache: HashMap<std::path::PathBuf, pyenv::Dist>,
+    dist_cache: std::collections::HashMap<std::path::PathBuf, pyenv::Dist>,
 }
 
 /// Distinct dependencies, interned.
