@@ -266,22 +266,18 @@ fn installing_and_upgrading_a_package_affects_its_importers() {
 
 #[test]
 fn new_test_files_are_found_by_pytests_own_discovery_settings() {
-    let mut p = Project::with_files(&[
-        (
-            "pyproject.toml",
-            "[project]\nname = \"custom\"\nversion = \"0\"\n\n[tool.pytest.ini_options]\npython_files = [\"check_*.py\"]\ntestpaths = [\"suite\"]\n",
-        ),
-        (
-            "suite/check_first.py",
-            "def test_first():\n    assert True\n",
-        ),
-    ]);
-    p.env("TIM_PYTHON", &test_python());
-    let out = p.tim(&["run", "--all"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let p = Project::recorded_python(
+        &[
+            (
+                "pyproject.toml",
+                "[project]\nname = \"custom\"\nversion = \"0\"\n\n[tool.pytest.ini_options]\npython_files = [\"check_*.py\"]\ntestpaths = [\"suite\"]\n",
+            ),
+            (
+                "suite/check_first.py",
+                "def test_first():\n    assert True\n",
+            ),
+        ],
+        0,
     );
     p.write(
         "suite/check_second.py",
@@ -296,13 +292,7 @@ fn new_test_files_are_found_by_pytests_own_discovery_settings() {
         "def test_y():\n    assert False\n",
     );
     let v = p.tim_json(&["affected", "--json"]);
-    let collect: Vec<&str> = v["collect"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["file"].as_str().unwrap())
-        .collect();
-    assert_eq!(collect, ["suite/check_second.py"], "{v:#}");
+    assert_eq!(collect_files(&v), ["suite/check_second.py"], "{v:#}");
     assert_eq!(v["collect"][0]["reasons"][0], "new test file");
     let out = p.tim(&["run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -319,23 +309,18 @@ fn new_test_files_are_found_by_pytests_own_discovery_settings() {
 
 #[test]
 fn failed_tests_run_first_then_new_ones_then_the_fastest() {
-    let mut p = Project::with_files(&[
-        (
-            "pyproject.toml",
-            "[project]\nname = \"order\"\nversion = \"0\"\n",
-        ),
-        (
-            "tests/test_order.py",
-            "import time\n\n\ndef test_1_slow():\n    time.sleep(0.3)\n\n\ndef test_2_fast():\n    pass\n\n\ndef test_3_fails():\n    assert False\n",
-        ),
-    ]);
-    p.env("TIM_PYTHON", &test_python());
-    let out = p.tim(&["run", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let p = Project::recorded_python(
+        &[
+            (
+                "pyproject.toml",
+                "[project]\nname = \"order\"\nversion = \"0\"\n",
+            ),
+            (
+                "tests/test_order.py",
+                "import time\n\n\ndef test_1_slow():\n    time.sleep(0.3)\n\n\ndef test_2_fast():\n    pass\n\n\ndef test_3_fails():\n    assert False\n",
+            ),
+        ],
+        1,
     );
     p.write(
         "tests/test_order.py",
@@ -365,24 +350,20 @@ fn failed_tests_run_first_then_new_ones_then_the_fastest() {
 
 #[test]
 fn a_recursion_error_in_a_test_does_not_stop_recording() {
-    let mut p = Project::with_files(&[
-        (
-            "pyproject.toml",
-            "[project]\nname = \"deep\"\nversion = \"0\"\n",
-        ),
-        ("lib/__init__.py", ""),
-        ("lib/calc.py", "def double(x):\n    return 2 * x\n"),
-        (
-            "tests/test_deep.py",
-            "import pytest\n\nfrom lib.calc import double\n\n\ndef deep(n):\n    return deep(n + 1)\n\n\ndef test_deep():\n    with pytest.raises(RecursionError):\n        deep(0)\n    assert double(2) == 4\n\n\ndef test_after():\n    assert double(3) == 6\n\n\n@pytest.mark.xfail(reason=\"passes anyway\")\ndef test_xpass():\n    assert True\n",
-        ),
-    ]);
-    p.env("TIM_PYTHON", &test_python());
-    let out = p.tim(&["run", "--all"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let p = Project::recorded_python(
+        &[
+            (
+                "pyproject.toml",
+                "[project]\nname = \"deep\"\nversion = \"0\"\n",
+            ),
+            ("lib/__init__.py", ""),
+            ("lib/calc.py", "def double(x):\n    return 2 * x\n"),
+            (
+                "tests/test_deep.py",
+                "import pytest\n\nfrom lib.calc import double\n\n\ndef deep(n):\n    return deep(n + 1)\n\n\ndef test_deep():\n    with pytest.raises(RecursionError):\n        deep(0)\n    assert double(2) == 4\n\n\ndef test_after():\n    assert double(3) == 6\n\n\n@pytest.mark.xfail(reason=\"passes anyway\")\ndef test_xpass():\n    assert True\n",
+            ),
+        ],
+        0,
     );
     // A trace function hit by a RecursionError is dropped by Python; the
     // recorder must not lose the tests after it. A non-strict XPASS passes.

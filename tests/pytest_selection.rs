@@ -385,13 +385,7 @@ fn a_new_test_runs_alone_and_others_stay_unaffected() {
         "",
     );
     let (_, json) = affected(&p);
-    let collect: Vec<&str> = json["collect"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["file"].as_str().unwrap())
-        .collect();
-    assert_eq!(collect, ["tests/test_data.py"], "{json:#}");
+    assert_eq!(collect_files(&json), ["tests/test_data.py"], "{json:#}");
     let out = p.tim(&["run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");

@@ -558,3 +558,31 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+impl Project {
+    /// A Python project run with the test interpreter, recorded with
+    /// `tim run --all`, which must end with `expected_exit`.
+    pub fn recorded_python(files: &[(&str, &str)], expected_exit: i32) -> Project {
+        let mut p = Project::with_files(files);
+        p.env("TIM_PYTHON", &test_python());
+        let out = p.tim(&["run", "--all"]);
+        assert_eq!(
+            out.status.code(),
+            Some(expected_exit),
+            "the recording run:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+}
+
+/// The files of a `tim affected --json` answer's `collect` list.
+pub fn collect_files(affected: &Value) -> Vec<String> {
+    affected["collect"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["file"].as_str().unwrap().to_owned())
+        .collect()
+}
