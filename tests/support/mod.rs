@@ -518,6 +518,15 @@ impl Lines {
     }
 }
 
+impl Drop for Lines {
+    fn drop(&mut self) {
+        // A failing test must not leave its `tim watch` running (it would
+        // restart daemons for a deleted project).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Every live process whose working directory is `dir` (to find leftover
 /// test runners).
 pub fn processes_in(dir: &Path) -> Vec<u32> {
