@@ -353,10 +353,6 @@ impl Pytest {
             .collect();
     }
 
-    pub fn known_tests(&self) -> usize {
-        self.tests.len()
-    }
-
     fn current<'a>(&'a mut self, ctx: &'a Ctx<'_>) -> Current<'a> {
         Current {
             index: ctx.index,
