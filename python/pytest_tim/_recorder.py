@@ -234,12 +234,37 @@ class _MonitoringBackend:
             for code in self._instrumented:
                 mon.set_local_events(self._tool, code, mon.events.PY_START)
             return
-        import gc
+        # Modules the project imported before recording started (the
+        # conftest files, what they import): arm their functions, found
+        # through module and class namespaces. Later imports are armed on
+        # `exec`.
+        root = self._recorder.root
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None) or ""
+            if path.startswith(root):
+                self._arm_namespace(vars(module), set())
+
+    def _arm_namespace(self, namespace, seen):
         import types
 
-        for obj in gc.get_objects():
-            if isinstance(obj, types.FunctionType):
-                self.instrument(obj.__code__)
+        for value in list(namespace.values()):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            while isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                for f in (value.fget, value.fset, value.fdel):
+                    if isinstance(f, types.FunctionType):
+                        self.instrument(f.__code__)
+                continue
+            wrapped = getattr(value, "__wrapped__", None)
+            if isinstance(wrapped, types.FunctionType):
+                self.instrument(wrapped.__code__)
+            if isinstance(value, types.FunctionType):
+                self.instrument(value.__code__)
+            elif isinstance(value, type) and value.__module__ in sys.modules:
+                self._arm_namespace(vars(value), seen)
 
     def instrument(self, code):
         """Arms `code` and the code objects nested in it, if they are the
