@@ -316,10 +316,10 @@ fn summary(reply: &AffectedReply) -> String {
         .filter(|c| c.reasons.iter().any(|r| r == "new test file"))
         .count();
     if new_files > 0 {
-        parts.push(format!("{new_files} new test files"));
+        parts.push(plural(new_files, "new test file"));
     }
     format!(
-        "tim: {} of {} known tests affected{}; collecting {} files",
+        "tim: {} of {} known tests affected{}; collecting {}",
         reply.tests.len(),
         reply.total,
         if parts.is_empty() {
@@ -327,7 +327,7 @@ fn summary(reply: &AffectedReply) -> String {
         } else {
             format!(" ({})", parts.join("; "))
         },
-        reply.collect.len()
+        plural(reply.collect.len(), "file")
     )
 }
 
