@@ -173,6 +173,15 @@ pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
     }
 }
 
+/// `a.b` for `a.b as c`; the node itself otherwise.
+fn unaliased(node: Node) -> Node {
+    if node.kind() == "aliased_import" {
+        node.child_by_field_name("name").unwrap_or(node)
+    } else {
+        node
+    }
+}
+
 fn first_error(node: Node) -> Option<SyntaxError> {
     if !node.has_error() {
         return None;
@@ -422,11 +431,7 @@ impl<'s> Walker<'s> {
             "import_statement" => {
                 let mut cursor = node.walk();
                 for child in node.children_by_field_name("name", &mut cursor) {
-                    let target = if child.kind() == "aliased_import" {
-                        child.child_by_field_name("name").unwrap_or(child)
-                    } else {
-                        child
-                    };
+                    let target = unaliased(child);
                     found.push(Import {
                         module: dotted(target),
                         level: 0,
@@ -448,11 +453,7 @@ impl<'s> Walker<'s> {
                 let mut names = Vec::new();
                 let mut cursor = node.walk();
                 for child in node.children_by_field_name("name", &mut cursor) {
-                    let target = if child.kind() == "aliased_import" {
-                        child.child_by_field_name("name").unwrap_or(child)
-                    } else {
-                        child
-                    };
+                    let target = unaliased(child);
                     names.push(dotted(target));
                 }
                 let mut cursor = node.walk();

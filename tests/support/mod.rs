@@ -595,3 +595,13 @@ pub fn collect_files(affected: &Value) -> Vec<String> {
         .map(|c| c["file"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The dependency targets of a `tim why --json` answer.
+pub fn why_targets(why: &Value) -> Vec<String> {
+    why["deps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap().to_owned())
+        .collect()
+}
