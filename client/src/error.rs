@@ -39,7 +39,9 @@ pub enum ClientError {
         "the daemon closed the connection; run the command again (it restarts the daemon), and see .tim/daemon.log if it keeps happening"
     )]
     Disconnected,
-    #[error("unexpected answer from the daemon: {0} (run `tim daemon restart` and try again; if it persists, report it with .tim/daemon.log)")]
+    #[error(
+        "unexpected answer from the daemon: {0} (run `tim daemon restart` and try again; if it persists, report it with .tim/daemon.log)"
+    )]
     Protocol(String),
     #[error("{message}")]
     Daemon { code: ErrorCode, message: String },
