@@ -176,8 +176,10 @@ const ALL_TESTS: usize = 17;
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
 enum Recorder {
-    /// Python 3.11: the C profiler.
-    Trace,
+    /// Python 3.11, the default: the project's modules instrumented.
+    Instrument,
+    /// Python 3.11, the fallback (`TIM_RECORDER=profile`): the C profiler.
+    Profile,
     /// Python >= 3.12: `sys.monitoring`.
     Monitoring,
 }
@@ -185,7 +187,11 @@ enum Recorder {
 fn recorded_sample_with(recorder: Recorder) -> Project {
     let mut p = Project::with_files(SAMPLE);
     let (python, banner) = match recorder {
-        Recorder::Trace => (test_python(), "recording with cProfile"),
+        Recorder::Instrument => (test_python(), "recording with source instrumentation"),
+        Recorder::Profile => {
+            p.env("TIM_RECORDER", "profile");
+            (test_python(), "recording with cProfile")
+        }
         Recorder::Monitoring => (test_python_monitoring(), "recording with sys.monitoring"),
     };
     p.env("TIM_PYTHON", &python);
@@ -202,7 +208,7 @@ fn recorded_sample_with(recorder: Recorder) -> Project {
 }
 
 fn recorded_sample() -> Project {
-    recorded_sample_with(Recorder::Trace)
+    recorded_sample_with(Recorder::Instrument)
 }
 
 fn affected(p: &Project) -> (BTreeSet<String>, serde_json::Value) {
@@ -230,7 +236,7 @@ fn edit(p: &Project, path: &str, from: &str, to: &str) {
 /// One edit, the exact set of affected tests, and a reason that must be
 /// among theirs.
 fn check(edits: &[(&str, &str, &str)], expected: &[&str], reason: &str) -> Project {
-    check_with(Recorder::Trace, edits, expected, reason)
+    check_with(Recorder::Instrument, edits, expected, reason)
 }
 
 fn check_with(
@@ -267,15 +273,20 @@ fn check_with(
     p
 }
 
-/// Each scenario runs with both recorders.
+/// Each scenario runs with every recorder.
 macro_rules! selection {
     ($($name:ident: [$($edit:expr),* $(,)?] => [$($id:expr),* $(,)?], $reason:expr;)*) => {$(
         mod $name {
             use super::*;
 
             #[test]
+            fn instrument() {
+                check_with(Recorder::Instrument, &[$($edit),*], &[$($id),*], $reason);
+            }
+
+            #[test]
             fn cprofile() {
-                check_with(Recorder::Trace, &[$($edit),*], &[$($id),*], $reason);
+                check_with(Recorder::Profile, &[$($edit),*], &[$($id),*], $reason);
             }
 
             #[test]

@@ -24,6 +24,10 @@ const PLUGIN: &[(&str, &str)] = &[
         include_str!("../../python/pytest_tim/_client.py"),
     ),
     (
+        "_instrument.py",
+        include_str!("../../python/pytest_tim/_instrument.py"),
+    ),
+    (
         "_recorder.py",
         include_str!("../../python/pytest_tim/_recorder.py"),
     ),
@@ -431,5 +435,26 @@ fn plural(n: usize, word: &str) -> String {
         format!("{n} {word}")
     } else {
         format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PLUGIN;
+
+    /// A module left out of `PLUGIN` breaks every `tim run` with an import
+    /// error, while the plugin's own tests (run from the source tree) pass.
+    #[test]
+    fn every_module_of_the_plugin_is_embedded() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/pytest_tim");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".py"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = PLUGIN.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
     }
 }

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from pytest_tim._client import Connection, DaemonError, find_root, locate_socket
-from pytest_tim._recorder import Recorder
+from pytest_tim._instrument import Instrumenter
+from pytest_tim._recorder import Recorder, backend_choice, project_filter
 
 __version__ = "0.1.0"
 
@@ -44,20 +45,48 @@ def pytest_addoption(parser):
     )
 
 
-def _mode(config):
-    if config.getoption("tim_all"):
+def _mode(options):
+    if getattr(options, "tim_all", False):
         return "all"
-    if config.getoption("tim"):
+    if getattr(options, "tim", False):
         return "affected"
     return os.environ.get(ENV_MODE) or None
 
 
+def _root(config):
+    return os.environ.get(ENV_ROOT) or find_root(str(config.rootpath))
+
+
+_INSTRUMENTER = pytest.StashKey()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # The import hook that instruments the project's modules must be in
+    # place before the first conftest imports any of them.
+    if _mode(early_config.known_args_namespace) is None or backend_choice() != "instrument":
+        return
+    found = _root(early_config)
+    if found is None:
+        return
+    root, is_project = project_filter(found)
+    instrumenter = Instrumenter(root, is_project, os.path.join(root, ".tim", "pycache"))
+    instrumenter.install()
+    early_config.stash[_INSTRUMENTER] = instrumenter
+
+
 def pytest_configure(config):
-    mode = _mode(config)
+    mode = _mode(config.option)
     if mode is None:
         return
     plugin = TimPlugin(config, mode)
     config.pluginmanager.register(plugin, "tim-session")
+
+
+def pytest_unconfigure(config):
+    instrumenter = config.stash.get(_INSTRUMENTER, None)
+    if instrumenter is not None:
+        instrumenter.uninstall()
 
 
 class TimPlugin:
@@ -67,7 +96,7 @@ class TimPlugin:
         workerinput = getattr(config, "workerinput", None)
         self.is_worker = workerinput is not None
         self.is_controller = not self.is_worker and _xdist_active(config)
-        self.root = os.environ.get(ENV_ROOT) or find_root(str(config.rootpath))
+        self.root = _root(config)
         self.conn = None
         self.run_id = None
         self.disabled_reason = None
@@ -103,7 +132,7 @@ class TimPlugin:
             self._disable(str(e))
             return
         if not self.is_controller:
-            self.recorder = Recorder(self.root)
+            self.recorder = Recorder(self.root, config.stash.get(_INSTRUMENTER, None))
             self.recorder.start()
 
     # -- failures ---------------------------------------------------------
@@ -116,6 +145,9 @@ class TimPlugin:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        instrumenter = self.config.stash.get(_INSTRUMENTER, None)
+        if instrumenter is not None:
+            instrumenter.uninstall()
 
     def _warn_all(self, warnings):
         for w in warnings or ():

@@ -6,13 +6,17 @@ by line tracing:
 * Python >= 3.12: `sys.monitoring` PY_START events. The callback returns
   DISABLE, so each code object costs one event until the next test re-arms
   all of them with `restart_events()`.
-* Python 3.11: the C profiler (`cProfile`), read at every context
-  boundary: its per-call cost is paid in C, and only the functions a segment
-  called are looked at. Measured on a 5,000-test suite: 2× plain pytest,
-  against 6× for a Python-level `sys.settrace` call tracer. Threads started
-  by the code under test get a call-only `sys.settrace` function (slower,
-  but threads are few). An already installed tracer (coverage, a debugger)
-  keeps working: the profiler uses the separate profile hook.
+* Python 3.11: the project's own modules are compiled with a hit statement
+  at the top of every function (`_instrument.py`), read at every context
+  boundary. Nobody else's code pays anything; threads need nothing extra.
+  Measured against the alternatives in `bench/README.md`.
+* Python 3.11 when the import hook could not be installed before the
+  project's first import (or `TIM_RECORDER=profile`): the C profiler
+  (`cProfile`), read at every context boundary. Its per-call cost is paid
+  in C, but for every call in the process. Threads started by the code
+  under test get a call-only `sys.settrace` function. An already installed
+  tracer (coverage, a debugger) keeps working: the profiler uses the
+  separate profile hook.
 
 Files are recorded with an audit hook: `open` for reads, `os.listdir` and
 `os.scandir` for directory listings (a glob over a data directory), under
@@ -26,6 +30,8 @@ all of them.
 import os
 import sys
 import threading
+
+from pytest_tim._instrument import WHOLE_FILE
 
 _WRITE_ONLY = os.O_WRONLY
 _CODE = type(compile("", "", "exec"))
@@ -55,10 +61,15 @@ class Context:
         with root-relative, `/`-separated paths."""
         code = {}
         for c in self.code:
-            rel = _relative(root, c.co_filename)
+            # A code object, or (filename, qualname) from instrumentation.
+            if type(c) is tuple:
+                filename, qualname = c
+            else:
+                filename, qualname = c.co_filename, getattr(c, "co_qualname", c.co_name)
+            rel = _relative(root, filename)
             if rel is None or _excluded(rel):
                 continue
-            code.setdefault(rel, set()).add(getattr(c, "co_qualname", c.co_name))
+            code.setdefault(rel, set()).add(qualname)
         wire = {
             "code": {f: sorted(names) for f, names in sorted(code.items())},
             "files": sorted(r for r in (_relative(root, p) for p in self.files) if r and not _excluded(r)),
@@ -99,18 +110,57 @@ def _relative(root, path):
     return rel
 
 
-class Recorder:
-    """One per process. `push()` starts a context, `pop()` ends it."""
+def project_filter(root):
+    """`root` with a trailing separator, and a predicate telling whether a
+    real path is the project's own source (under the root, outside `.tim/`
+    and any environment inside the root)."""
+    root = os.path.realpath(root).rstrip(os.sep) + os.sep
+    global _EXCLUDED
+    _EXCLUDED = _environment_prefixes(root)
 
-    def __init__(self, root):
-        self.root = os.path.realpath(root).rstrip(os.sep) + os.sep
-        global _EXCLUDED
-        _EXCLUDED = _environment_prefixes(self.root)
+    def is_project(path):
+        rel = _relative(root, path)
+        return rel is not None and not _excluded(rel)
+
+    return root, is_project
+
+
+# `TIM_RECORDER` forces a backend (for benchmarks and tests): `monitoring`
+# (>= 3.12), `instrument` or `profile`.
+ENV_BACKEND = "TIM_RECORDER"
+
+
+def backend_choice():
+    """The backend to use on this interpreter: `TIM_RECORDER`, or the best
+    one available."""
+    forced = os.environ.get(ENV_BACKEND)
+    if forced in ("monitoring", "instrument", "profile"):
+        if forced != "monitoring" or hasattr(sys, "monitoring"):
+            return forced
+    return "monitoring" if hasattr(sys, "monitoring") else "instrument"
+
+
+class Recorder:
+    """One per process. `push()` starts a context, `pop()` ends it.
+
+    `instrumenter` is the installed import hook (`_instrument.Instrumenter`)
+    when the instrumenting backend is wanted; without one, Python 3.11 falls
+    back to the profiler."""
+
+    def __init__(self, root, instrumenter=None):
+        self.root, self.is_project = project_filter(root)
         self._root_dir = self.root.rstrip(os.sep)
         self._state_dir = self.root + ".tim" + os.sep
         self._active = []  # the contexts receiving events; mutated in place
-        self._backend = _MonitoringBackend(self) if hasattr(sys, "monitoring") else _ProfileBackend(self)
+        choice = backend_choice()
+        if choice == "monitoring":
+            self._backend = _MonitoringBackend(self)
+        elif choice == "instrument" and instrumenter is not None:
+            self._backend = _InstrumentBackend(self, instrumenter)
+        else:
+            self._backend = _ProfileBackend(self)
         self.backend_name = self._backend.name
+        self._on_exec = getattr(self._backend, "on_exec", None)
         sys.addaudithook(self._audit)
 
     def start(self):
@@ -142,10 +192,9 @@ class Recorder:
 
     def _audit(self, event, args):
         if event == "exec":
-            # A module (or code given to exec) is about to run: arm it.
-            instrument = getattr(self._backend, "instrument", None)
-            if instrument is not None and self._backend._tool is not None and isinstance(args[0], _CODE):
-                instrument(args[0])
+            # A module (or code given to exec) is about to run.
+            if self._on_exec is not None and isinstance(args[0], _CODE):
+                self._on_exec(args[0])
             return
         # Audit hooks cannot be removed; when nothing records, return fast.
         if not self._active:
@@ -266,6 +315,10 @@ class _MonitoringBackend:
             elif isinstance(value, type) and value.__module__ in sys.modules:
                 self._arm_namespace(vars(value), seen)
 
+    def on_exec(self, code):
+        if self._tool is not None:
+            self.instrument(code)
+
     def instrument(self, code):
         """Arms `code` and the code objects nested in it, if they are the
         project's."""
@@ -316,6 +369,62 @@ class _MonitoringBackend:
         if mon.get_tool(tool) == "tim":
             mon.register_callback(tool, mon.events.PY_START, None)
             mon.free_tool_id(tool)
+
+
+class _InstrumentBackend:
+    """Hits from the project's instrumented modules (`_instrument.py`),
+    harvested at every boundary into the contexts open since the last one."""
+
+    name = "source instrumentation (function entry)"
+
+    def __init__(self, recorder, instrumenter):
+        self._recorder = recorder
+        self._instrumenter = instrumenter
+        # Project files whose code runs uninstrumented: dependencies of every
+        # context as a whole.
+        self._whole = set()
+
+    def start(self):
+        self._instrumenter.install()
+        for path in self._instrumenter.preimported:
+            self._whole.add(path)
+        self._instrumenter.clear()
+
+    def on_exec(self, code):
+        if code is self._instrumenter.executing:
+            return
+        path = code.co_filename
+        if path.endswith(".py") and self._recorder.is_project(os.path.realpath(path)):
+            self._whole.add(path)
+            for ctx in self._recorder._active:
+                ctx.code.add((path, WHOLE_FILE))
+
+    def boundary(self):
+        active = self._recorder._active
+        if not active:
+            self._instrumenter.clear()
+            return
+        if len(active) == 1:
+            sink = active[0].code.add
+        else:
+
+            def sink(key):
+                for ctx in active:
+                    ctx.code.add(key)
+
+        self._instrumenter.harvest(sink)
+        for path in self._whole:
+            for ctx in active:
+                ctx.code.add((path, WHOLE_FILE))
+
+    def rearm(self):
+        pass
+
+    def lost(self):
+        return None
+
+    def stop(self):
+        self._instrumenter.uninstall()
 
 
 class _ProfileBackend:

@@ -6,11 +6,15 @@ import sys
 
 import pytest
 
-from pytest_tim._recorder import Recorder
+from pytest_tim._instrument import Instrumenter
+from pytest_tim._recorder import Recorder, project_filter
+
+# Every backend this interpreter can run.
+BACKENDS = ["monitoring"] if hasattr(sys, "monitoring") else ["instrument", "profile"]
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
+@pytest.fixture(params=BACKENDS)
+def project(request, tmp_path, monkeypatch):
     root = tmp_path / "proj"
     (root / "pkg").mkdir(parents=True)
     (root / "pkg" / "__init__.py").write_text("")
@@ -23,7 +27,14 @@ def project(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(root))
     for name in ("pkg", "pkg.mod"):
         sys.modules.pop(name, None)
-    recorder = Recorder(str(root))
+    monkeypatch.setenv("TIM_RECORDER", request.param)
+    instrumenter = None
+    if request.param == "instrument":
+        real, is_project = project_filter(str(root))
+        instrumenter = Instrumenter(real, is_project, str(root / ".tim" / "pycache"))
+        instrumenter.install()
+    recorder = Recorder(str(root), instrumenter)
+    assert request.param in recorder.backend_name or (request.param == "profile" and "cProfile" in recorder.backend_name)
     recorder.start()
     yield root, recorder
     recorder.stop()
@@ -123,8 +134,10 @@ def test_recording_switched_off_by_the_code_under_test_is_noticed_and_restored(p
         tool = backend._tool
         sys.monitoring.register_callback(tool, sys.monitoring.events.PY_START, None)
         sys.monitoring.free_tool_id(tool)
-    else:
+    elif "cProfile" in recorder.backend_name:
         sys.setprofile(None)
+    else:
+        pytest.skip("instrumented code cannot be switched off")
     mod.first()
     recorder.pop(ctx)
     assert "switched off" in ctx.to_wire(recorder.root)["incomplete"]
