@@ -14,9 +14,11 @@ loaded by the plain source loader or by pytest's assertion-rewriting hook,
 puts its own loader in front. That loader parses the source, applies
 pytest's assertion rewriting when pytest would have, adds the hit
 statements, compiles and executes. Nothing lands in `__pycache__` or in
-pytest's cache of rewritten modules: the instrumented code is cached under
-`.tim/pycache/`, keyed by the source, the interpreter and this transform's
-version, so a plain run never loads it.
+pytest's cache of rewritten modules: the instrumented code is cached in
+`__pycache__` under a name of its own (`mod.cpython-311-tim-1.instrumented`,
+or in `.tim/pycache/` when bytecode is not to be written), keyed by the
+source, the interpreter and this transform's version, so a plain run never
+loads it.
 
 What this cannot see is listed by the recorder as whole-file dependencies:
 project modules imported before the finder was installed, and project code
@@ -315,15 +317,19 @@ class Instrumenter:
         key.update(b"\0")
         key.update(source)
         digest = key.digest()
-        cached = os.path.join(self._cache_dir, hashlib.blake2b(origin.encode(), digest_size=16).hexdigest() + ".bin")
-        try:
-            with open(cached, "rb") as f:
-                data = f.read()
+        places = self._cache_places(origin, rewriter)
+        for place in places:
+            try:
+                with open(place, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
             if data[:32] == digest:
-                code, names = marshal.loads(data[32:])
-                return code, names
-        except (OSError, ValueError, EOFError, TypeError):
-            pass
+                try:
+                    code, names = marshal.loads(data[32:])
+                    return code, names
+                except (ValueError, EOFError, TypeError):
+                    pass
         tree = ast.parse(source, filename=origin)
         if rewriter is not None:
             from _pytest.assertion.rewrite import rewrite_asserts
@@ -331,8 +337,24 @@ class Instrumenter:
             rewrite_asserts(tree, source, origin, rewriter.config)
         names = instrument(tree)
         code = compile(tree, origin, "exec", dont_inherit=True)
-        _write_atomic(cached, digest + marshal.dumps((code, names)))
+        data = digest + marshal.dumps((code, names))
+        for place in places:
+            if _write_atomic(place, data):
+                break
         return code, names
+
+    def _cache_places(self, origin, rewriter):
+        """Where instrumented code is cached, in order: next to pytest's own
+        cache in `__pycache__` (so it outlives `.tim/`, as a checkout's
+        bytecode does), under a name no import ever loads; or in
+        `.tim/pycache/` when bytecode is not to be written or the source
+        directory is read-only."""
+        own = os.path.join(self._cache_dir, hashlib.blake2b(origin.encode(), digest_size=16).hexdigest() + ".instrumented")
+        if sys.dont_write_bytecode:
+            return [own]
+        directory, name = os.path.split(origin)
+        tag = sys.implementation.cache_tag + f"-tim-{VERSION}" + ("-pytest" if rewriter is not None else "")
+        return [os.path.join(directory, "__pycache__", f"{name[:-3]}.{tag}.instrumented"), own]
 
 
 def _rewrite_tag(rewriter):
@@ -347,18 +369,21 @@ def _rewrite_tag(rewriter):
 
 
 def _write_atomic(path, data):
-    """A cache write: never a partial file, and never an error for the run."""
+    """A cache write: never a partial file, and never an error for the run.
+    Whether it was written."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+        return True
     except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        return False
 
 
 class _Finder:

@@ -177,16 +177,23 @@ def test_closures_and_lambdas_made_earlier_are_recorded_where_they_run(project):
     assert recorded(recorder, factory.COUNT) == {"pkg/factory.py": ["make_counter.<locals>.count"]}
 
 
-def test_nothing_reaches_pycache_and_the_cache_is_keyed_by_the_source(project, monkeypatch):
+@pytest.mark.parametrize("dont_write_bytecode", [False, True])
+def test_no_importable_bytecode_is_written_and_the_cache_is_keyed_by_the_source(project, monkeypatch, dont_write_bytecode):
     import pytest_tim._instrument as instrument_module
 
     root, start = project
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(sys, "dont_write_bytecode", dont_write_bytecode)
     write(root, "pkg/mod.py", "def f():\n    return 1\n")
     recorder = start()
     importlib.import_module("pkg.mod")
-    assert not (root / "pkg" / "__pycache__").exists()
-    cached = list((root / ".tim" / "pycache").iterdir())
+    pycache = root / "pkg" / "__pycache__"
+    # Nothing a plain import would load: no `.pyc` at all.
+    assert not list(root.rglob("*.pyc"))
+    if dont_write_bytecode:
+        assert not pycache.exists()
+        cached = list((root / ".tim" / "pycache").iterdir())
+    else:
+        cached = list(pycache.iterdir())
     assert len(cached) == 2  # pkg/__init__.py and pkg/mod.py
 
     # A re-import of the same source is served from the cache: no parsing.
