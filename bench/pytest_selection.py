@@ -103,18 +103,17 @@ sys.path[0] = os.getcwd()  # as with `python -m pytest`
 variant = sys.argv[1]
 import pytest_tim
 from pytest_tim import _recorder, _client
+backends = [getattr(_recorder, n) for n in ("_MonitoringBackend", "_InstrumentBackend", "_ProfileBackend")]
 if variant == "no-tracer":  # no code recording at all (audit hook and daemon stay)
-    _recorder._MonitoringBackend.start = lambda self: None
-    _recorder._TraceBackend.start = lambda self: None
-    _recorder._MonitoringBackend.rearm = lambda self: None
+    for b in backends:
+        b.start = b.rearm = b.boundary = lambda self: None
 if variant == "no-rearm":  # code recorded once per process, not once per test
     _recorder._MonitoringBackend.rearm = lambda self: None
-    _recorder._TraceBackend.rearm = lambda self: None
 if variant == "inactive":  # the plugin loaded, not recording (no TIM_MODE)
     del os.environ["TIM_MODE"]
 if variant == "no-record":  # everything but the `record` requests
-    request = _client.Connection.request
-    _client.Connection.request = lambda self, kind, data: {} if kind == "record" else request(self, kind, data)
+    send = _client.Connection.send
+    _client.Connection.send = lambda self, kind, data: None if kind == "record" else send(self, kind, data)
 import pytest
 sys.exit(pytest.main(sys.argv[2:], plugins=[pytest_tim]))
 '''
@@ -580,7 +579,7 @@ class Copy:
     def tim_run(self, *flags: str, what="tim run") -> tuple[float, subprocess.CompletedProcess]:
         return self._run([self.tim, "run", *flags, "--", *COMMON_ARGS, *self.suite.pytest_args], what)
 
-    def breakdown(self, variant: str, driver: Path) -> float:
+    def breakdown(self, variant: str, driver: Path, tests: int) -> float:
         """pytest with the plugin recording everything, part of it switched
         off (see BREAKDOWN_DRIVER); the daemon must be running."""
         info = json.loads((self.root / ".tim" / "daemon.json").read_text())
@@ -599,7 +598,7 @@ class Copy:
         took = time.perf_counter() - t0
         with self.log.open("a") as f:
             f.write(f"\n$ {' '.join(cmd)}   # breakdown {variant}, {took:.3f} s, exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-        if proc.returncode not in (0, 1):
+        if proc.returncode not in (0, 1) or ran(summary_counts(proc.stdout)) != tests:
             raise RuntimeError(f"breakdown {variant} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-2000:]}")
         return took
 
@@ -806,7 +805,7 @@ def bench_suite(suite: Suite, py: Python, tim_bin: Path, args, work: Path, probl
                 took, _ = tim.tim_run("--all", what="tim run --all (daemon running, records exist)")
                 times["tim run --all, daemon running"].append(took)
                 for v in BREAKDOWN_VARIANTS:
-                    times[v].append(tim.breakdown(v, driver))
+                    times[v].append(tim.breakdown(v, driver, r["tests"]))
             bm = {v: median(t) for v, t in times.items()}
             r["breakdown"] = {"median_s": bm, "runs_s": times}
             p = m["plain"]

@@ -76,7 +76,14 @@ impl ContentHash {
     }
 
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // Called for every dependency of every recorded test: no `format!`.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 0xf)] as char);
+        }
+        out
     }
 
     pub fn from_hex(text: &str) -> Option<ContentHash> {
@@ -289,6 +296,15 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_hashes_round_trip_through_hex() {
+        let h = ContentHash::of(b"tim");
+        let hex = h.to_hex();
+        assert_eq!(hex, blake3::hash(b"tim").to_hex().as_str());
+        assert_eq!(ContentHash::from_hex(&hex), Some(h));
+        assert_eq!(ContentHash::from_hex(&hex[1..]), None);
+    }
 
     fn meta(size: u64) -> FileMeta {
         FileMeta {

@@ -107,6 +107,7 @@ class TimPlugin:
         self.collection = {}  # root-relative test file -> Context
         self._collecting = {}  # collector nodeid -> (file, Context)
         self.selected_count = None
+        self._rel_cache = {}
         if self.root is None:
             self._disable("no project root (tim.toml, pyproject.toml, Cargo.toml or .git) above the rootdir")
             return
@@ -320,11 +321,17 @@ class TimPlugin:
     # -- helpers ------------------------------------------------------------------
 
     def _rel(self, path):
-        path = os.path.realpath(str(path))
+        # Once per file, not once per test: `realpath` stats every component.
+        key = str(path)
+        try:
+            return self._rel_cache[key]
+        except KeyError:
+            pass
+        real = os.path.realpath(key)
         root = self.root.rstrip(os.sep) + os.sep
-        if not path.startswith(root):
-            return None
-        return path[len(root):].replace(os.sep, "/")
+        rel = real[len(root):].replace(os.sep, "/") if real.startswith(root) else None
+        self._rel_cache[key] = rel
+        return rel
 
 
 def _is_module(collector):

@@ -66,15 +66,20 @@ class Context:
                 filename, qualname = c
             else:
                 filename, qualname = c.co_filename, getattr(c, "co_qualname", c.co_name)
-            rel = _relative(root, filename)
-            if rel is None or _excluded(rel):
+            rel = _project_relative(root, filename)
+            if rel is None:
                 continue
-            code.setdefault(rel, set()).add(qualname)
-        wire = {
-            "code": {f: sorted(names) for f, names in sorted(code.items())},
-            "files": sorted(r for r in (_relative(root, p) for p in self.files) if r and not _excluded(r)),
-            "dirs": sorted(r for r in (_relative(root, p) for p in self.dirs) if r is not None and not _excluded(r)),
-        }
+            names = code.get(rel)
+            if names is None:
+                code[rel] = [qualname]
+            else:
+                names.append(qualname)
+        wire = {"code": {f: sorted(set(names)) for f, names in sorted(code.items())}, "files": [], "dirs": []}
+        # Usually empty: skip the sorting machinery then.
+        if self.files:
+            wire["files"] = sorted(r for r in map(lambda p: _project_relative(root, p), self.files) if r)
+        if self.dirs:
+            wire["dirs"] = sorted(r for r in map(lambda p: _project_relative(root, p), self.dirs) if r is not None)
         if self.incomplete:
             wire["incomplete"] = self.incomplete
         return wire
@@ -99,6 +104,24 @@ def _excluded(rel):
     return rel.startswith(_EXCLUDED) or "/site-packages/" in rel or "/dist-packages/" in rel
 
 
+_PROJECT_RELATIVE = {}
+
+
+def _project_relative(root, path):
+    """`_relative` for the project's own files (None for others), memoized:
+    every test reports the same few files."""
+    key = (root, path)
+    try:
+        return _PROJECT_RELATIVE[key]
+    except KeyError:
+        pass
+    rel = _relative(root, path)
+    if rel is not None and _excluded(rel):
+        rel = None
+    _PROJECT_RELATIVE[key] = rel
+    return rel
+
+
 def _relative(root, path):
     if path == root.rstrip(os.sep):
         return ""
@@ -117,6 +140,7 @@ def project_filter(root):
     root = os.path.realpath(root).rstrip(os.sep) + os.sep
     global _EXCLUDED
     _EXCLUDED = _environment_prefixes(root)
+    _PROJECT_RELATIVE.clear()
 
     def is_project(path):
         rel = _relative(root, path)
@@ -138,6 +162,9 @@ def backend_choice():
         if forced != "monitoring" or hasattr(sys, "monitoring"):
             return forced
     return "monitoring" if hasattr(sys, "monitoring") else "instrument"
+
+
+_AUDITED = frozenset(("exec", "open", "sqlite3.connect", "os.listdir", "os.scandir"))
 
 
 class Recorder:
@@ -191,6 +218,10 @@ class Recorder:
         return ctx
 
     def _audit(self, event, args):
+        # Called for every audit event of the process (`id()`, attribute
+        # access on code objects, `putenv`...): one set lookup for those.
+        if event not in _AUDITED:
+            return
         if event == "exec":
             # A module (or code given to exec) is about to run.
             if self._on_exec is not None and isinstance(args[0], _CODE):
