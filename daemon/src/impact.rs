@@ -138,6 +138,13 @@ impl<'t, T: Tree> Evaluator<'t, T> {
         answer
     }
 
+    /// [`Evaluator::stale`] without its memo, for callers that judge each
+    /// interned dependency once anyway: hashing a `Dep` costs more than
+    /// judging it.
+    pub fn stale_uncached(&mut self, dep: &Dep) -> Option<Reason> {
+        self.evaluate(dep)
+    }
+
     fn evaluate(&mut self, dep: &Dep) -> Option<Reason> {
         match dep {
             Dep::Code {

@@ -846,12 +846,12 @@ impl Pytest {
                 )
             });
         }
-        let mut by_env: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
+        // Records, not ids: looking an id up again costs a B-tree search.
+        let mut by_env: BTreeMap<i64, Vec<(&String, &TestRecord)>> = BTreeMap::new();
         for (id, record) in &self.tests {
-            by_env.entry(record.env).or_default().push(id);
+            by_env.entry(record.env).or_default().push((id, record));
         }
         let mut out = BTreeMap::new();
-        let tests = &self.tests;
         let collections = &self.collections;
         let depsets = &self.depsets;
         let table = &self.deps;
@@ -867,8 +867,10 @@ impl Pytest {
             let mut verdicts: HashMap<i64, Vec<Reason>> = HashMap::new();
             // Per interned dependency: not judged yet, fresh, or stale.
             let mut judged: Vec<Option<Option<Reason>>> = vec![None; table.all.len()];
-            for id in ids {
-                let record = &tests[id];
+            // Ids sort by file, so a file's tests come one after another:
+            // its collection verdict is looked up once per run of them.
+            let mut last_file: Option<(&RepoPath, Option<Vec<Reason>>)> = None;
+            for (id, record) in ids {
                 let mut reasons = Vec::new();
                 if record.outcome.is_failure() {
                     reasons.push(Reason::FailedLastTime(record.outcome.as_str()));
@@ -885,8 +887,8 @@ impl Pytest {
                     let ids = depsets.get(&set)?;
                     let mut found = BTreeSet::new();
                     for &i in ids.iter() {
-                        let verdict =
-                            judged[i as usize].get_or_insert_with(|| eval.stale(table.get(i)));
+                        let verdict = judged[i as usize]
+                            .get_or_insert_with(|| eval.stale_uncached(table.get(i)));
                         if let Some(reason) = verdict {
                             found.insert(reason.clone());
                         }
@@ -901,9 +903,17 @@ impl Pytest {
                         reasons.push(Reason::Environment("no usable record of this test".into()))
                     }
                 }
-                if let Some((set, _)) = collections.get(&record.file)
-                    && let Some(found) = judge(*set)
-                {
+                let collection = match &last_file {
+                    Some((file, found)) if *file == &record.file => found.clone(),
+                    _ => {
+                        let found = collections
+                            .get(&record.file)
+                            .and_then(|(set, _)| judge(*set));
+                        last_file = Some((&record.file, found.clone()));
+                        found
+                    }
+                };
+                if let Some(found) = collection {
                     reasons.extend(found);
                 }
                 if !reasons.is_empty() {
