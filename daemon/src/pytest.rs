@@ -72,6 +72,11 @@ struct RunState {
     unaffected: HashSet<String>,
     /// How known tests sort when the run began (see [`Pytest::select`]).
     priority: HashMap<String, (u8, f64)>,
+    /// Import closures computed for this run's records, valid while the
+    /// tree is at `closures_seq`: a run sends its records in many small
+    /// batches, and most of them reach the same modules.
+    closures: HashMap<RepoPath, Arc<BTreeSet<Dep>>>,
+    closures_seq: u64,
 }
 
 #[derive(Default)]
@@ -437,6 +442,8 @@ impl Pytest {
                 mode: params.mode,
                 unaffected,
                 priority,
+                closures: HashMap::new(),
+                closures_seq: 0,
             },
         );
         Ok(run)
@@ -459,6 +466,8 @@ impl Pytest {
                     mode: RunMode::All,
                     unaffected: HashSet::new(),
                     priority: HashMap::new(),
+                    closures: HashMap::new(),
+                    closures_seq: 0,
                 },
             );
         }
@@ -534,9 +543,20 @@ impl Pytest {
             let state = self.run_state(ctx, params.run_id)?;
             (state.clock, state.env)
         };
+        let mut closures = {
+            let seq = ctx.store.seq();
+            let state = self
+                .runs
+                .get_mut(&params.run_id)
+                .expect("run_state inserted it");
+            if state.closures_seq != seq {
+                state.closures.clear();
+                state.closures_seq = seq;
+            }
+            std::mem::take(&mut state.closures)
+        };
         let env = self.envs.get(&env_id).cloned();
         let resolver = self.resolver(env.as_deref());
-        let mut closures: HashMap<RepoPath, Arc<BTreeSet<Dep>>> = HashMap::new();
         let mut tests = Vec::with_capacity(params.tests.len());
         for result in &params.tests {
             let deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &result.deps)?;
@@ -548,6 +568,9 @@ impl Pytest {
             let mut deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &c.deps)?;
             deps.extend(self.static_collection_deps(ctx, &resolver, &mut closures, &file));
             collections.push((file, deps.into_iter().collect::<Vec<_>>()));
+        }
+        if let Some(state) = self.runs.get_mut(&params.run_id) {
+            state.closures = closures;
         }
         let rows: Vec<(Vec<Dep>, &tim_proto::TestResult, RepoPath)> = tests
             .into_iter()

@@ -10,6 +10,7 @@ warns once and runs every test: it never deselects on a guess.
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -24,8 +25,11 @@ ENV_MODE = "TIM_MODE"  # "affected" (select) or "all" (record everything)
 ENV_COMMAND = "TIM_COMMAND"
 ENV_ROOT = "TIM_ROOT"
 
-# How many finished tests are batched into one `record` request.
+# Finished tests are sent in one `record` request per BATCH tests, or
+# sooner when FLUSH_SECONDS have passed: the daemon then stores them while
+# the next tests run, instead of all at the end.
 BATCH = 200
+FLUSH_SECONDS = 0.05
 
 
 def pytest_addoption(parser):
@@ -108,6 +112,8 @@ class TimPlugin:
         self._collecting = {}  # collector nodeid -> (file, Context)
         self.selected_count = None
         self._rel_cache = {}
+        self._last_flush = time.monotonic()
+        self._collection_sent = set()
         if self.root is None:
             self._disable("no project root (tim.toml, pyproject.toml, Cargo.toml or .git) above the rootdir")
             return
@@ -184,6 +190,7 @@ class TimPlugin:
         if previous is not None:
             ctx.merge(previous)
         self.collection[rel] = ctx
+        self._collection_sent.discard(rel)
 
     def pytest_collection_modifyitems(self, session, config, items):
         # In `all` mode the daemon deselects nothing but still orders.
@@ -277,10 +284,25 @@ class TimPlugin:
                 "deps": ctx.to_wire(self.recorder.root),
             }
         )
-        if len(self.pending) >= BATCH:
+        if len(self.pending) >= BATCH or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self._flush()
 
+    def pytest_collection_finish(self, session):
+        # What collecting each file depended on is known now: the daemon
+        # stores it while the tests run.
+        if self.recorder is not None:
+            self._flush(self._unsent_collection())
+
+    def _unsent_collection(self):
+        out = []
+        for rel, ctx in sorted(self.collection.items()):
+            if rel not in self._collection_sent:
+                self._collection_sent.add(rel)
+                out.append({"file": rel, "deps": ctx.to_wire(self.recorder.root)})
+        return out
+
     def _flush(self, collection=None):
+        self._last_flush = time.monotonic()
         if self.conn is None or (not self.pending and not collection):
             self.pending = []
             return
@@ -295,11 +317,7 @@ class TimPlugin:
 
     def pytest_sessionfinish(self, session, exitstatus):
         if self.recorder is not None:
-            collection = [
-                {"file": rel, "deps": ctx.to_wire(self.recorder.root)}
-                for rel, ctx in sorted(self.collection.items())
-            ]
-            self._flush(collection)
+            self._flush(self._unsent_collection())
             self.recorder.stop()
             if self.conn is not None:
                 try:
