@@ -4,6 +4,7 @@
 
 mod support;
 
+mod history;
 mod lifecycle;
 mod protocol;
 mod pytest_runs;

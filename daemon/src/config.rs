@@ -8,6 +8,9 @@
 //! [watch]
 //! exclude = ["data/huge/**", "*.sqlite"]   # gitignore-style globs, root-relative
 //! mode = "native"          # or "rescan": no OS notifications; every query rescans
+//!
+//! [history]
+//! keep = 50                # results kept per test (timing and outcome history)
 //! ```
 //!
 //! Keys this version does not know are ignored (later versions add
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 60 * 60);
+pub const DEFAULT_HISTORY_KEEP: u32 = 50;
 pub const IDLE_TIMEOUT_ENV: &str = "TIM_IDLE_TIMEOUT";
 /// The files whose change makes the daemon reload its configuration.
 pub const CONFIG_FILES: &[&str] = &["tim.toml", "pyproject.toml"];
@@ -28,6 +32,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub exclude: Vec<String>,
     pub watch_mode: WatchMode,
+    /// History rows kept per test.
+    pub history_keep: u32,
     /// Where the settings came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -38,6 +44,7 @@ impl Default for Config {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             exclude: Vec::new(),
             watch_mode: WatchMode::Native,
+            history_keep: DEFAULT_HISTORY_KEEP,
             source: None,
         }
     }
@@ -134,6 +141,18 @@ impl Config {
                     ));
                 }
             };
+        }
+        if let Some(value) = table.get("history").and_then(|h| h.get("keep")) {
+            self.history_keep = value
+                .as_integer()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    invalid(
+                        "history.keep",
+                        format!("must be a whole number of runs, at least 1, found {value}"),
+                    )
+                })?;
         }
         Ok(())
     }
@@ -251,5 +270,26 @@ mod tests {
                 .to_string()
                 .contains("not valid TOML")
         );
+    }
+
+    #[test]
+    fn history_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let load = |text: &str| {
+            std::fs::write(root.join("tim.toml"), text).unwrap();
+            Config::load(root).map(|c| c.history_keep)
+        };
+        assert_eq!(load("").unwrap(), DEFAULT_HISTORY_KEEP);
+        assert_eq!(load("[history]\nkeep = 5\n").unwrap(), 5);
+        for bad in ["keep = 0", "keep = -3", "keep = \"many\"", "keep = 1.5"] {
+            let err = load(&format!("[history]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("history.keep") && err.contains("at least 1"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

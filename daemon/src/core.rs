@@ -596,6 +596,8 @@ impl Core {
 
     fn pytest_query(&mut self, query: Query) -> Result<Response, PytestError> {
         let mut ctx = Ctx {
+            root: &self.layout.root,
+            history_keep: self.config.history_keep,
             index: &self.index,
             filter: &self.filter,
             store: &mut self.store,
@@ -611,7 +613,7 @@ impl Core {
                     clock: ctx.clock,
                 })
             }
-            Query::Select(params) => Response::Selection(self.pytest.select(&ctx, params)?),
+            Query::Select(params) => Response::Selection(self.pytest.select(&mut ctx, params)?),
             Query::Record(params) => {
                 self.pytest.record(&mut ctx, params)?;
                 Response::Ok(OkReply {})

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod core;
+pub mod git;
 pub mod impact;
 pub mod imports;
 pub mod index;

@@ -16,9 +16,10 @@ use crate::index::{ContentHash, Index, RepoPath};
 use crate::pyenv::{self, EnvChange, Snapshot};
 use crate::pyparse::{self, MODULE_BLOCK, Mode, ParsedModule};
 use crate::scan::Filter;
-use crate::store::{NewTest, Store, StoreError};
+use crate::store::{NewRun, NewTest, Store, StoreError};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use tim_proto::{
     AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
@@ -36,6 +37,9 @@ const CONFIG_FILES: &[&str] = &[
 
 /// What the core lends the adapter for one request.
 pub struct Ctx<'a> {
+    pub root: &'a Path,
+    /// History rows kept per test (`history.keep`).
+    pub history_keep: u32,
     pub index: &'a Index,
     pub filter: &'a Filter,
     pub store: &'a mut Store,
@@ -403,7 +407,14 @@ impl Pytest {
             RunMode::Affected => "affected",
             RunMode::All => "all",
         };
-        let run = ctx.store.begin_run(&params.command, mode_name, env_id)?;
+        let git_commit = crate::git::head_commit(ctx.root);
+        let run = ctx.store.begin_run(&NewRun {
+            command: &params.command,
+            mode: mode_name,
+            env: env_id,
+            known: self.tests.len() as u64,
+            git_commit: git_commit.as_deref(),
+        })?;
         let env = Arc::new(env);
         self.envs.insert(env_id, env.clone());
         self.latest_env = Some(env_id);
@@ -476,10 +487,11 @@ impl Pytest {
 
     pub fn select(
         &mut self,
-        ctx: &Ctx<'_>,
+        ctx: &mut Ctx<'_>,
         params: SelectParams,
     ) -> Result<Selection, PytestError> {
-        let state = self.run_state(ctx, params.run_id)?;
+        let run_id = params.run_id;
+        let state = self.run_state(ctx, run_id)?;
         let mut run: Vec<(usize, String)> = match state.mode {
             RunMode::All => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
             RunMode::Affected => params
@@ -498,6 +510,7 @@ impl Pytest {
             (class, ordered(duration), *index)
         };
         run.sort_by_key(key);
+        ctx.store.set_run_selected(run_id, run.len() as u64)?;
         Ok(Selection {
             run: run.into_iter().map(|(_, id)| id).collect(),
         })
@@ -590,9 +603,13 @@ impl Pytest {
             .iter()
             .map(|(f, d)| (f.clone(), d.as_slice()))
             .collect();
-        let (test_sets, collection_sets) =
-            ctx.store
-                .record(params.run_id, env_id, &new, &collection_refs)?;
+        let (test_sets, collection_sets) = ctx.store.record(
+            params.run_id,
+            env_id,
+            ctx.history_keep,
+            &new,
+            &collection_refs,
+        )?;
         for ((deps, r, file), set) in rows.into_iter().zip(test_sets) {
             if !self.depsets.contains_key(&set) {
                 let interned = self.deps.set(deps);

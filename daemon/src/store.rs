@@ -492,12 +492,72 @@ impl Store {
     }
 
     /// Records the start of a test run at the current clock.
-    pub fn begin_run(&mut self, command: &str, mode: &str, env: i64) -> Result<u64, StoreError> {
+    pub fn begin_run(&mut self, run: &NewRun<'_>) -> Result<u64, StoreError> {
         self.conn.execute(
-            "INSERT INTO run (started_at_ms, clock_seq, command, mode, env_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms() as i64, self.seq as i64, command, mode, env],
+            "INSERT INTO run (started_at_ms, clock_seq, command, mode, env_id, known, git_commit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                now_ms() as i64,
+                self.seq as i64,
+                run.command,
+                run.mode,
+                run.env,
+                run.known as i64,
+                run.git_commit
+            ],
         )?;
         Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// How many tests a run selected (once its first process selected).
+    pub fn set_run_selected(&mut self, run: u64, selected: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE run SET selected = ?2 WHERE id = ?1 AND selected IS NULL",
+            params![run as i64, selected as i64],
+        )?;
+        Ok(())
+    }
+
+    /// A run as stored.
+    pub fn run(&self, run: u64) -> Result<Option<RunInfo>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, started_at_ms, finished_at_ms, command, mode, exit_status, selected, known, git_commit
+                 FROM run WHERE id = ?1",
+                [run as i64],
+                |r| {
+                    Ok(RunInfo {
+                        id: r.get::<_, i64>(0)? as u64,
+                        started_at_ms: r.get::<_, i64>(1)? as u64,
+                        finished_at_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                        command: r.get(3)?,
+                        mode: r.get(4)?,
+                        exit_status: r.get(5)?,
+                        selected: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                        known: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                        git_commit: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// A test's history, newest first: (run, outcome, setup/call/teardown
+    /// seconds).
+    pub fn history(&self, node_id: &str) -> Result<Vec<HistoryRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT run_id, outcome, setup_s, call_s, teardown_s FROM result
+             WHERE node_id = ?1 ORDER BY run_id DESC",
+        )?;
+        let rows = stmt.query_map([node_id], |r| {
+            Ok(HistoryRow {
+                run: r.get::<_, i64>(0)? as u64,
+                outcome: r.get(1)?,
+                durations: [r.get(2)?, r.get(3)?, r.get(4)?],
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn end_run(&mut self, run: u64, exit_status: i32) -> Result<(), StoreError> {
@@ -525,10 +585,13 @@ impl Store {
     /// record, its history row, and the collection records. Dependency sets
     /// are interned; returns their ids in input order (tests, then
     /// collections).
+    ///
+    /// Each test keeps its `keep` newest history rows (at least one).
     pub fn record(
         &mut self,
         run: u64,
         env: i64,
+        keep: u32,
         tests: &[NewTest<'_>],
         collections: &[(RepoPath, &[Dep])],
     ) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
@@ -546,6 +609,11 @@ impl Store {
             let mut history = tx.prepare_cached(
                 "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            // Rows older than the `keep`-th newest; an index range per test.
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM result WHERE node_id = ?1 AND run_id <
+                   (SELECT run_id FROM result WHERE node_id = ?1 ORDER BY run_id DESC LIMIT 1 OFFSET ?2)",
             )?;
             for t in tests {
                 let set = intern(&tx, "depset", &encode_deps(t.deps).to_string())?;
@@ -568,6 +636,7 @@ impl Store {
                     t.durations[1],
                     t.durations[2]
                 ])?;
+                trim.execute(params![t.node_id, keep.max(1) - 1])?;
                 test_sets.push(set);
             }
             let mut collection = tx.prepare_cached(
@@ -647,6 +716,39 @@ pub struct CollectionRow {
     pub depset: i64,
     pub env: i64,
     pub run: u64,
+}
+
+/// A run to begin.
+pub struct NewRun<'a> {
+    pub command: &'a str,
+    pub mode: &'a str,
+    pub env: i64,
+    /// Tests known when it began.
+    pub known: u64,
+    pub git_commit: Option<&'a str>,
+}
+
+/// A run as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunInfo {
+    pub id: u64,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub command: String,
+    pub mode: String,
+    pub exit_status: Option<i32>,
+    pub selected: Option<u64>,
+    pub known: Option<u64>,
+    pub git_commit: Option<String>,
+}
+
+/// One past result of a test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryRow {
+    pub run: u64,
+    pub outcome: String,
+    /// setup, call, teardown seconds.
+    pub durations: [f64; 3],
 }
 
 /// A result to record.
@@ -940,7 +1042,7 @@ mod tests {
         );
         let env_id = store.intern_env(&env).unwrap();
         assert_eq!(store.intern_env(&env).unwrap(), env_id, "deduplicated");
-        let run = store.begin_run("pytest", "all", env_id).unwrap();
+        let run = store.begin_run(&new_run(env_id)).unwrap();
         let deps = vec![
             Dep::Code {
                 file: RepoPath::new("m.py"),
@@ -982,7 +1084,7 @@ mod tests {
             },
         ];
         let (sets, _) = store
-            .record(run, env_id, &tests, &[(file.clone(), &deps[..1])])
+            .record(run, env_id, 50, &tests, &[(file.clone(), &deps[..1])])
             .unwrap();
         assert_eq!(sets[0], sets[1], "identical sets are stored once");
         store.end_run(run, 1).unwrap();
@@ -1005,6 +1107,76 @@ mod tests {
             1,
             "unreferenced sets are dropped"
         );
+    }
+
+    fn new_run(env: i64) -> NewRun<'static> {
+        NewRun {
+            command: "pytest",
+            mode: "all",
+            env,
+            known: 0,
+            git_commit: None,
+        }
+    }
+
+    /// Each test keeps its newest `keep` results, whatever the order in
+    /// which tests come and go; runs keep what they were.
+    #[test]
+    fn history_grows_to_its_bound_then_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(&dir.path().join("tim.db")).unwrap();
+        let env = store.intern_env(&Snapshot::default()).unwrap();
+        let file = RepoPath::new("t.py");
+        let test = |id: &'static str, secs: f64| NewTest {
+            node_id: id,
+            file: &file,
+            outcome: "passed",
+            durations: [0.0, secs, 0.0],
+            deps: &[],
+        };
+        let mut runs = Vec::new();
+        for i in 0..7 {
+            let run = store
+                .begin_run(&NewRun {
+                    command: "tim run",
+                    mode: "affected",
+                    env,
+                    known: 2,
+                    git_commit: Some("0123456789abcdef0123456789abcdef01234567"),
+                })
+                .unwrap();
+            // `a` runs every time, `b` every other time.
+            let mut batch = vec![test("t.py::a", f64::from(i))];
+            if i % 2 == 0 {
+                batch.push(test("t.py::b", f64::from(i)));
+            }
+            store.set_run_selected(run, batch.len() as u64).unwrap();
+            store.set_run_selected(run, 99).unwrap(); // a later worker: ignored
+            store.record(run, env, 3, &batch, &[]).unwrap();
+            store.end_run(run, 0).unwrap();
+            runs.push(run);
+        }
+        let calls = |id| -> Vec<f64> {
+            store
+                .history(id)
+                .unwrap()
+                .iter()
+                .map(|h| h.durations[1])
+                .collect()
+        };
+        assert_eq!(calls("t.py::a"), [6.0, 5.0, 4.0]);
+        assert_eq!(calls("t.py::b"), [6.0, 4.0, 2.0]);
+        let first = store.run(runs[0]).unwrap().unwrap();
+        assert_eq!(first.selected, Some(2));
+        assert_eq!(first.known, Some(2));
+        assert_eq!(first.exit_status, Some(0));
+        assert!(first.finished_at_ms.is_some());
+        assert_eq!(
+            first.git_commit.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
+        assert_eq!(store.run(runs[1]).unwrap().unwrap().selected, Some(1));
+        assert_eq!(store.run(999).unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! Timing and outcome history kept by real runs: per-run rows (selection
+//! size, known tests, git commit) and a bounded history per test.
+
+use crate::support::*;
+use std::process::Command;
+
+const SUITE: &[(&str, &str)] = &[
+    (
+        "pyproject.toml",
+        "[project]\nname = \"hist\"\nversion = \"0\"\n\n[tool.tim.history]\nkeep = 2\n",
+    ),
+    ("lib/__init__.py", ""),
+    ("lib/a.py", "def one():\n    return 1\n"),
+    (
+        "tests/test_a.py",
+        "from lib.a import one\n\n\ndef test_one():\n    assert one() == 1\n\n\ndef test_other():\n    assert True\n",
+    ),
+];
+
+fn git(p: &Project, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(p.path(""))
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn runs(
+    p: &Project,
+) -> Vec<(
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+)> {
+    let conn = rusqlite::Connection::open(p.path(".tim/tim.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT mode, selected, known, git_commit, exit_status FROM run ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn history(p: &Project, test: &str) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(p.path(".tim/tim.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT run_id FROM result WHERE node_id = ?1 ORDER BY run_id")
+        .unwrap();
+    stmt.query_map([test], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn runs_record_what_they_ran_and_history_keeps_the_newest() {
+    let mut p = Project::new();
+    std::fs::remove_dir_all(p.path(".git")).unwrap();
+    for (path, text) in SUITE {
+        p.write(path, text);
+    }
+    p.write(".gitignore", ".tim/\n__pycache__/\n");
+    git(&p, &["init", "-q"]);
+    git(&p, &["add", "-A"]);
+    git(&p, &["commit", "-q", "-m", "one"]);
+    let head = git(&p, &["rev-parse", "HEAD"]);
+    p.env("TIM_PYTHON", &test_python());
+
+    p.tim_ok(&["run", "--all"]);
+    p.write("lib/a.py", "def one():\n    return 2 - 1\n");
+    p.tim_ok(&["run"]);
+    p.tim_ok(&["run", "--all"]);
+
+    let rows = runs(&p);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let h = Some(head);
+    assert_eq!(
+        rows[0],
+        ("all".into(), Some(2), Some(0), h.clone(), Some(0))
+    );
+    assert_eq!(
+        rows[1],
+        ("affected".into(), Some(1), Some(2), h.clone(), Some(0))
+    );
+    assert_eq!(rows[2], ("all".into(), Some(2), Some(2), h, Some(0)));
+    // keep = 2: test_one ran in all three runs, test_other in runs 1 and 3.
+    assert_eq!(history(&p, "tests/test_a.py::test_one"), [2, 3]);
+    assert_eq!(history(&p, "tests/test_a.py::test_other"), [1, 3]);
+}
