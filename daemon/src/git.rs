@@ -62,8 +62,10 @@ mod tests {
     const A: &str = "0123456789abcdef0123456789abcdef01234567";
     const B: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
-    /// (files under the root, expected answer)
-    fn cases() -> Vec<(Vec<(&'static str, String)>, Option<&'static str>)> {
+    /// Files under the root, and the expected answer.
+    type Case = (Vec<(&'static str, String)>, Option<&'static str>);
+
+    fn cases() -> Vec<Case> {
         vec![
             (vec![], None),
             (
