@@ -39,15 +39,16 @@ fn git(p: &Project, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn runs(
-    p: &Project,
-) -> Vec<(
+/// mode, selected, known, git commit, exit status
+type RunRow = (
     String,
     Option<i64>,
     Option<i64>,
     Option<String>,
     Option<i64>,
-)> {
+);
+
+fn runs(p: &Project) -> Vec<RunRow> {
     let conn = rusqlite::Connection::open(p.path(".tim/tim.db")).unwrap();
     let mut stmt = conn
         .prepare("SELECT mode, selected, known, git_commit, exit_status FROM run ORDER BY id")
