@@ -87,8 +87,23 @@ fn runs_record_what_they_ran_and_history_keeps_the_newest() {
     p.env("TIM_PYTHON", &test_python());
 
     p.tim_ok(&["run", "--all"]);
+    let nothing = p.tim_ok(&["run"]);
+    assert!(
+        nothing.contains("nothing affected: 2 known tests") && nothing.contains("s saved"),
+        "{nothing}"
+    );
     p.write("lib/a.py", "def one():\n    return 2 - 1\n");
-    p.tim_ok(&["run"]);
+    let answer = p.tim_json(&["affected", "--json"]);
+    let saved = answer["unaffected_seconds"].as_f64().unwrap();
+    assert!(saved > 0.0, "test_other's last time: {answer}");
+    let out = p.tim(&["run"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tim: ran the 1 affected of 2 known tests; about ")
+            && stderr.contains("saved (what the other 1 took when they last ran)"),
+        "{stderr}"
+    );
     p.tim_ok(&["run", "--all"]);
 
     let rows = runs(&p);

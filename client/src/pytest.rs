@@ -164,6 +164,7 @@ impl Runner for PytestRunner {
                 select: false,
                 targets: Vec::new(),
                 summary: "tim: running every test and recording what each depends on".into(),
+                footer: None,
             }));
         }
         let (reply, warnings) = affected_query(conn, python_identity(&self.python))?;
@@ -173,6 +174,7 @@ impl Runner for PytestRunner {
                 select: false,
                 targets: Vec::new(),
                 summary: format!("tim: running every test: {why}"),
+                footer: None,
             }));
         }
         if *scope == Scope::Failed {
@@ -195,18 +197,27 @@ impl Runner for PytestRunner {
                     failed.len()
                 ),
                 targets: failed,
+                footer: None,
             }));
         }
         if reply.tests.is_empty() && reply.collect.is_empty() {
             return Ok(Plan::Nothing(format!(
-                "tim: nothing affected: {} known tests, none affected by changes since they last ran",
-                reply.total
+                "tim: nothing affected: {} known tests, none affected by changes since they last ran; about {} saved",
+                reply.total,
+                seconds_words(reply.unaffected_seconds)
             )));
         }
+        let affected = reply.tests.len() as u64;
         Ok(Plan::Run(RunPlan {
             select: true,
             targets: reply.collect.iter().map(|c| c.file.clone()).collect(),
             summary: summary(&reply),
+            footer: Some(format!(
+                "tim: ran the {affected} affected of {} known tests; about {} saved (what the other {} took when they last ran)",
+                reply.total,
+                seconds_words(reply.unaffected_seconds),
+                reply.total.saturating_sub(affected)
+            )),
         }))
     }
 
@@ -280,11 +291,31 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
         .command(&plan, &args.pytest_args)?
         .status()
         .map_err(|e| cannot_run(runner.python(), e))?;
+    if let Some(footer) = &plan.footer
+        && status.code().is_some()
+    {
+        eprintln!("{footer}");
+    }
     Ok(match status.code() {
         Some(code) => runner.exit_code(&plan, code),
         // Killed by a signal (Ctrl-C reaches pytest too).
         None => exit::INTERRUPTED,
     })
+}
+
+/// `0.4s`, `12.5s`, `3m 20s`, `2h 5m`: a duration from history, as
+/// precise as it is worth being.
+fn seconds_words(secs: f64) -> String {
+    let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+    let tenths = (secs * 10.0).round() / 10.0;
+    if tenths < 60.0 {
+        return format!("{tenths:.1}s");
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 fn summary(reply: &AffectedReply) -> String {
@@ -440,7 +471,23 @@ fn plural(n: usize, word: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::PLUGIN;
+    use super::{PLUGIN, seconds_words};
+
+    #[test]
+    fn saved_time_words() {
+        for (secs, words) in [
+            (0.0, "0.0s"),
+            (0.04, "0.0s"),
+            (12.46, "12.5s"),
+            (59.96, "1m 0s"),
+            (200.0, "3m 20s"),
+            (7500.0, "2h 5m"),
+            (f64::NAN, "0.0s"),
+            (-3.0, "0.0s"),
+        ] {
+            assert_eq!(seconds_words(secs), words, "{secs}");
+        }
+    }
 
     /// A module left out of `PLUGIN` breaks every `tim run` with an import
     /// error, while the plugin's own tests (run from the source tree) pass.

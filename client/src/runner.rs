@@ -34,6 +34,9 @@ pub struct RunPlan {
     pub targets: Vec<String>,
     /// One line: how many tests and why.
     pub summary: String,
+    /// One line for after the run (`tim run` prints it): tests run of those
+    /// known, and the time saved by not running the others.
+    pub footer: Option<String>,
 }
 
 pub trait Runner {

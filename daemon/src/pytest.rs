@@ -1059,18 +1059,20 @@ impl Pytest {
     pub fn affected(&mut self, ctx: &mut Ctx<'_>, params: AffectedParams) -> AffectedReply {
         self.forget_vanished(ctx);
         let total = self.tests.len() as u64;
-        let reply = |tests, collect, run_all: Option<String>| AffectedReply {
+        let reply = |tests, collect, run_all: Option<String>, unaffected_seconds| AffectedReply {
             tests,
             total,
             collect,
             run_all,
             clock: ctx.clock.clone(),
+            unaffected_seconds,
         };
         let Some(env) = self.current_env(params.python.as_deref()) else {
             return reply(
                 Vec::new(),
                 Vec::new(),
                 Some("no test run has been recorded yet".into()),
+                0.0,
             );
         };
         if self.tests.is_empty() {
@@ -1078,13 +1080,20 @@ impl Pytest {
                 Vec::new(),
                 Vec::new(),
                 Some("no test has been recorded yet".into()),
+                0.0,
             );
         }
         let latest = &self.envs[&self.latest_env.expect("current_env found it")];
         if let Some(EnvChange::Everything(why)) = pyenv::diff(latest, &env) {
-            return reply(Vec::new(), Vec::new(), Some(why));
+            return reply(Vec::new(), Vec::new(), Some(why), 0.0);
         }
         let affected = self.evaluate(ctx, &env);
+        let unaffected_seconds = self
+            .tests
+            .iter()
+            .filter(|(id, _)| !affected.contains_key(*id))
+            .map(|(_, t)| t.duration)
+            .sum();
         let mut collect: BTreeMap<RepoPath, BTreeSet<String>> = BTreeMap::new();
         let mut per_file: BTreeMap<&RepoPath, usize> = BTreeMap::new();
         for id in affected.keys() {
@@ -1162,7 +1171,7 @@ impl Pytest {
                 reasons: reasons.into_iter().collect(),
             })
             .collect();
-        reply(tests, collect, None)
+        reply(tests, collect, None, unaffected_seconds)
     }
 
     pub fn why(&mut self, ctx: &mut Ctx<'_>, params: WhyParams) -> WhyReply {

@@ -503,6 +503,10 @@ pub struct AffectedReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_all: Option<String>,
     pub clock: String,
+    /// 1.2: the last recorded durations (setup + call + teardown) of the
+    /// known tests that are not affected, summed: the time selection saves.
+    #[serde(default)]
+    pub unaffected_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
