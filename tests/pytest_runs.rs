@@ -307,8 +307,9 @@ fn new_test_files_are_found_by_pytests_own_discovery_settings() {
     );
 }
 
-#[test]
-fn failed_tests_run_first_then_new_ones_then_the_fastest() {
+/// A project whose tests have known durations, one failing last time, and
+/// one new test added after the recording.
+fn ordering_project() -> Project {
     let p = Project::recorded_python(
         &[
             (
@@ -317,7 +318,7 @@ fn failed_tests_run_first_then_new_ones_then_the_fastest() {
             ),
             (
                 "tests/test_order.py",
-                "import time\n\n\ndef test_1_slow():\n    time.sleep(0.3)\n\n\ndef test_2_fast():\n    pass\n\n\ndef test_3_fails():\n    assert False\n",
+                "import time\n\n\ndef test_1_slow():\n    time.sleep(0.3)\n\n\ndef test_2_fast():\n    pass\n\n\ndef test_3_fails():\n    assert False\n\n\ndef test_5_medium():\n    time.sleep(0.1)\n",
             ),
         ],
         1,
@@ -329,9 +330,16 @@ fn failed_tests_run_first_then_new_ones_then_the_fastest() {
             std::fs::read_to_string(p.path("tests/test_order.py")).unwrap()
         ),
     );
-    let out = p.tim(&["run", "--all", "--", "-v"]);
+    p
+}
+
+/// The order in which `tim run ARGS -- -v` ran the tests.
+fn run_order(p: &Project, args: &[&str]) -> Vec<String> {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--", "-v"]);
+    let out = p.tim(&full);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let order: Vec<&str> = stdout
+    stdout
         .lines()
         .filter(|l| l.starts_with("tests/test_order.py::"))
         .map(|l| {
@@ -339,13 +347,45 @@ fn failed_tests_run_first_then_new_ones_then_the_fastest() {
                 .next()
                 .unwrap()
                 .trim_start_matches("tests/test_order.py::")
+                .to_owned()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn failed_tests_run_first_then_new_ones_then_the_fastest() {
+    let p = ordering_project();
     assert_eq!(
-        order,
-        ["test_3_fails", "test_4_new", "test_2_fast", "test_1_slow"],
-        "{stdout}"
+        run_order(&p, &["run", "--all"]),
+        [
+            "test_3_fails",
+            "test_4_new",
+            "test_2_fast",
+            "test_5_medium",
+            "test_1_slow"
+        ]
     );
+}
+
+#[test]
+fn longest_first_from_the_command_line_or_the_configuration() {
+    // The slowest first. The new test counts as the median known duration,
+    // test_5_medium's own (the upper middle of 0.3 s, 0.1 s and two near-zero
+    // times), and ties keep collection order.
+    let p = ordering_project();
+    let order = run_order(&p, &["run", "--all", "--order", "longest-first"]);
+    assert_eq!(
+        order[..3],
+        ["test_1_slow", "test_5_medium", "test_4_new"],
+        "{order:?}"
+    );
+    assert_eq!(order.len(), 5, "{order:?}");
+    p.write("tim.toml", "[run]\norder = \"longest-first\"\n");
+    let order = run_order(&p, &["run", "--all"]);
+    assert_eq!(order[..2], ["test_1_slow", "test_5_medium"], "{order:?}");
+    // The command line wins over the configuration.
+    let order = run_order(&p, &["run", "--all", "--order", "quick-feedback"]);
+    assert_eq!(order[0], "test_3_fails", "{order:?}");
 }
 
 #[test]

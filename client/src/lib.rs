@@ -45,6 +45,9 @@ enum Command {
         /// Run every test and record it.
         #[arg(long)]
         all: bool,
+        /// The order of the tests (default: `run.order` in tim.toml, else quick-feedback: failed last time, new, then fastest first).
+        #[arg(long, value_enum)]
+        order: Option<pytest::OrderArg>,
         /// The Python interpreter to run pytest with (default: $TIM_PYTHON, the active or the root's virtualenv, python3).
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
@@ -181,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run {
             affected: _,
             all,
+            order,
             python,
             pytest_args,
         } => {
@@ -189,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 &layout,
                 pytest::RunArgs {
                     all,
+                    order: order.map(Into::into),
                     python,
                     pytest_args,
                     command_line,

@@ -11,7 +11,7 @@ use crate::runner::{Plan, RunPlan, Runner, Scope};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tim_proto::layout::Layout;
-use tim_proto::{AffectedParams, AffectedReply, Request, Response, WhyParams, WhyReply};
+use tim_proto::{AffectedParams, AffectedReply, Order, Request, Response, WhyParams, WhyReply};
 
 /// The plugin's files, embedded at build time.
 const PLUGIN: &[(&str, &str)] = &[
@@ -135,16 +135,37 @@ pub fn affected_query(
 
 pub struct RunArgs {
     pub all: bool,
+    pub order: Option<Order>,
     pub python: Option<PathBuf>,
     pub pytest_args: Vec<String>,
     pub command_line: String,
 }
+
+/// `--order` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrderArg {
+    QuickFeedback,
+    LongestFirst,
+}
+
+impl From<OrderArg> for Order {
+    fn from(arg: OrderArg) -> Order {
+        match arg {
+            OrderArg::QuickFeedback => Order::QuickFeedback,
+            OrderArg::LongestFirst => Order::LongestFirst,
+        }
+    }
+}
+
+/// Tells the plugin the order the run asks for (`pytest_tim.ENV_ORDER`).
+const ORDER_ENV: &str = "TIM_ORDER";
 
 /// pytest as a [`Runner`].
 pub struct PytestRunner {
     layout: Layout,
     python: PathBuf,
     command_line: String,
+    order: Option<Order>,
 }
 
 impl PytestRunner {
@@ -153,6 +174,7 @@ impl PytestRunner {
             python: choose_python(&layout.root, python),
             layout: layout.clone(),
             command_line,
+            order: None,
         }
     }
 }
@@ -242,6 +264,10 @@ impl Runner for PytestRunner {
         if let Ok(bin) = std::env::current_exe() {
             command.env("TIM_BIN", bin);
         }
+        match self.order {
+            Some(order) => command.env(ORDER_ENV, order.name()),
+            None => command.env_remove(ORDER_ENV),
+        };
         Ok(command)
     }
 
@@ -272,6 +298,7 @@ impl PytestRunner {
 /// the plugin recording. Nothing affected: says so and starts no Python.
 pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     let mut runner = PytestRunner::new(layout, args.python.as_deref(), args.command_line);
+    runner.order = args.order;
     let mut conn = connect::connect(layout)?;
     let scope = if args.all {
         Scope::All

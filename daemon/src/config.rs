@@ -11,6 +11,9 @@
 //!
 //! [history]
 //! keep = 50                # results kept per test (timing and outcome history)
+//!
+//! [run]
+//! order = "quick-feedback" # or "longest-first"
 //! ```
 //!
 //! Keys this version does not know are ignored (later versions add
@@ -34,6 +37,8 @@ pub struct Config {
     pub watch_mode: WatchMode,
     /// History rows kept per test.
     pub history_keep: u32,
+    /// The order of a run's tests when the run does not say.
+    pub order: tim_proto::Order,
     /// Where the settings came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -45,6 +50,7 @@ impl Default for Config {
             exclude: Vec::new(),
             watch_mode: WatchMode::Native,
             history_keep: DEFAULT_HISTORY_KEEP,
+            order: tim_proto::Order::QuickFeedback,
             source: None,
         }
     }
@@ -141,6 +147,17 @@ impl Config {
                     ));
                 }
             };
+        }
+        if let Some(value) = table.get("run").and_then(|r| r.get("order")) {
+            self.order = value
+                .as_str()
+                .and_then(tim_proto::Order::from_name)
+                .ok_or_else(|| {
+                    invalid(
+                        "run.order",
+                        format!("must be \"quick-feedback\" or \"longest-first\", found {value}"),
+                    )
+                })?;
         }
         if let Some(value) = table.get("history").and_then(|h| h.get("keep")) {
             self.history_keep = value
@@ -282,6 +299,17 @@ mod tests {
         };
         assert_eq!(load("").unwrap(), DEFAULT_HISTORY_KEEP);
         assert_eq!(load("[history]\nkeep = 5\n").unwrap(), 5);
+        std::fs::write(root.join("tim.toml"), "[run]\norder = \"longest-first\"\n").unwrap();
+        assert_eq!(
+            Config::load(root).unwrap().order,
+            tim_proto::Order::LongestFirst
+        );
+        std::fs::write(root.join("tim.toml"), "[run]\norder = \"random\"\n").unwrap();
+        let err = Config::load(root).unwrap_err().to_string();
+        assert!(
+            err.contains("run.order") && err.contains("longest-first"),
+            "{err}"
+        );
         for bad in ["keep = 0", "keep = -3", "keep = \"many\"", "keep = 1.5"] {
             let err = load(&format!("[history]\n{bad}\n"))
                 .unwrap_err()

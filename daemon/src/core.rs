@@ -598,6 +598,7 @@ impl Core {
         let mut ctx = Ctx {
             root: &self.layout.root,
             history_keep: self.config.history_keep,
+            order: self.config.order,
             index: &self.index,
             filter: &self.filter,
             store: &mut self.store,

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tim_proto::{
     AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
-    Outcome, RecordParams, RunMode, SelectParams, Selection, WhyDep, WhyParams, WhyReply,
+    Order, Outcome, RecordParams, RunMode, SelectParams, Selection, WhyDep, WhyParams, WhyReply,
 };
 
 /// pytest configuration files whose change can alter any test.
@@ -40,6 +40,8 @@ pub struct Ctx<'a> {
     pub root: &'a Path,
     /// History rows kept per test (`history.keep`).
     pub history_keep: u32,
+    /// The order of runs that do not ask for one (`run.order`).
+    pub order: Order,
     pub index: &'a Index,
     pub filter: &'a Filter,
     pub store: &'a mut Store,
@@ -74,8 +76,12 @@ struct RunState {
     /// Tests known to be unaffected when the run began: every process of
     /// the run deselects exactly these, whatever is recorded meanwhile.
     unaffected: HashSet<String>,
-    /// How known tests sort when the run began (see [`Pytest::select`]).
+    /// How known tests sort when the run began (see [`Pytest::select`]):
+    /// (class, seconds); class 0 failed last time, 2 the others.
     priority: HashMap<String, (u8, f64)>,
+    order: Order,
+    /// What an unknown test counts as under `longest-first`: the median.
+    typical_seconds: f64,
     /// Import closures computed for this run's records, valid while the
     /// tree is at `closures_seq`: a run sends its records in many small
     /// batches, and most of them reach the same modules.
@@ -445,6 +451,9 @@ impl Pytest {
                 (id.clone(), (class, t.duration))
             })
             .collect();
+        let mut durations: Vec<f64> = self.tests.values().map(|t| t.duration).collect();
+        durations.sort_by(f64::total_cmp);
+        let typical_seconds = durations.get(durations.len() / 2).copied().unwrap_or(0.0);
         self.runs.insert(
             run,
             RunState {
@@ -453,6 +462,8 @@ impl Pytest {
                 mode: params.mode,
                 unaffected,
                 priority,
+                order: params.order.unwrap_or(ctx.order),
+                typical_seconds,
                 closures: HashMap::new(),
                 closures_seq: 0,
             },
@@ -477,6 +488,8 @@ impl Pytest {
                     mode: RunMode::All,
                     unaffected: HashSet::new(),
                     priority: HashMap::new(),
+                    order: ctx.order,
+                    typical_seconds: 0.0,
                     closures: HashMap::new(),
                     closures_seq: 0,
                 },
@@ -502,14 +515,23 @@ impl Pytest {
                 .enumerate()
                 .collect(),
         };
-        // Quick feedback: what failed last time first, then new tests, then
-        // the fastest first. Computed from the run's snapshot, so every
-        // process of the run orders alike; ties keep collection order.
-        let key = |(index, id): &(usize, String)| {
-            let (class, duration) = state.priority.get(id).copied().unwrap_or((1, 0.0));
-            (class, ordered(duration), *index)
-        };
-        run.sort_by_key(key);
+        // Computed from the run's snapshot, so every process of the run
+        // orders alike; ties keep collection order.
+        match state.order {
+            // What failed last time first, then new tests, then the fastest.
+            Order::QuickFeedback => run.sort_by_key(|(index, id)| {
+                let (class, duration) = state.priority.get(id).copied().unwrap_or((1, 0.0));
+                (class, ordered(duration), *index)
+            }),
+            // The slowest first; a new test counts as a typical one.
+            Order::LongestFirst => run.sort_by_key(|(index, id)| {
+                let duration = state
+                    .priority
+                    .get(id)
+                    .map_or(state.typical_seconds, |p| p.1);
+                (std::cmp::Reverse(ordered(duration)), *index)
+            }),
+        }
         ctx.store.set_run_selected(run_id, run.len() as u64)?;
         Ok(Selection {
             run: run.into_iter().map(|(_, id)| id).collect(),

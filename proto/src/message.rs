@@ -325,6 +325,40 @@ pub struct BeginRunParams {
     /// How pytest finds tests in this project.
     #[serde(default)]
     pub collection: CollectionConfig,
+    /// 1.2: the order to run the selected tests in; absent: the project's
+    /// configured order (`run.order`, default `quick-feedback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+}
+
+/// In which order a run's tests go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// Failed last time first, then new tests, then the fastest first: the
+    /// first failure shows as soon as possible.
+    #[default]
+    QuickFeedback,
+    /// The slowest first (unknown durations count as the median): the best
+    /// total time when tests run in parallel.
+    LongestFirst,
+}
+
+impl Order {
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::QuickFeedback => "quick-feedback",
+            Order::LongestFirst => "longest-first",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Order> {
+        match name {
+            "quick-feedback" => Some(Order::QuickFeedback),
+            "longest-first" => Some(Order::LongestFirst),
+            _ => None,
+        }
+    }
 }
 
 /// pytest's test discovery settings, so the daemon can spot new test files.

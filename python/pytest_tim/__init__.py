@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 ENV_MODE = "TIM_MODE"  # "affected" (select) or "all" (record everything)
 ENV_COMMAND = "TIM_COMMAND"
 ENV_ROOT = "TIM_ROOT"
+ENV_ORDER = "TIM_ORDER"  # "quick-feedback" or "longest-first"
+ORDERS = ("quick-feedback", "longest-first")
 
 # Finished tests are sent in one `record` request per BATCH tests, or
 # sooner when FLUSH_SECONDS have passed: the daemon then stores them while
@@ -47,6 +49,13 @@ def pytest_addoption(parser):
         default=False,
         help="run every collected test and record what each depends on",
     )
+    group.addoption(
+        "--tim-order",
+        choices=ORDERS,
+        default=None,
+        help="order of the tests: quick-feedback (failed last time, new, then fastest first) "
+        "or longest-first (for parallel runs); default: run.order in tim.toml",
+    )
 
 
 def _mode(options):
@@ -55,6 +64,14 @@ def _mode(options):
     if getattr(options, "tim", False):
         return "affected"
     return os.environ.get(ENV_MODE) or None
+
+
+def _order(config):
+    order = config.getoption("tim_order") or os.environ.get(ENV_ORDER) or None
+    if order is not None and order not in ORDERS:
+        _warn(f"{ENV_ORDER}={order!r} is not one of {', '.join(ORDERS)}; using the project's order")
+        return None
+    return order
 
 
 def _root(config):
@@ -124,15 +141,16 @@ class TimPlugin:
                 if self.run_id is None:
                     raise DaemonError("the xdist controller did not start a tim run")
             else:
-                answer = self.conn.request(
-                    "begin_run",
-                    {
-                        "command": os.environ.get(ENV_COMMAND) or " ".join(["pytest"] + list(config.invocation_params.args)),
-                        "mode": mode,
-                        "environment": _environment(self.root),
-                        "collection": _collection_config(config, self.root),
-                    },
-                )
+                begin = {
+                    "command": os.environ.get(ENV_COMMAND) or " ".join(["pytest"] + list(config.invocation_params.args)),
+                    "mode": mode,
+                    "environment": _environment(self.root),
+                    "collection": _collection_config(config, self.root),
+                }
+                order = _order(config)
+                if order is not None:
+                    begin["order"] = order
+                answer = self.conn.request("begin_run", begin)
                 self.run_id = answer["run_id"]
                 self._warn_all(self.conn.warnings)
         except DaemonError as e:

@@ -26,7 +26,7 @@ def test_request_frames_have_the_shape_of_the_golden_ones():
     # data keys must be the ones the daemon decodes.
     sent = {
         "hello": {"protocol", "client", "client_version", "capabilities"},
-        "begin_run": {"command", "mode", "environment", "collection"},
+        "begin_run": {"command", "mode", "environment", "collection", "order"},
         "select": {"run_id", "tests"},
         "record": {"run_id", "tests", "collection"},
         "end_run": {"run_id", "exit_status"},
@@ -39,6 +39,9 @@ def test_request_frames_have_the_shape_of_the_golden_ones():
     from pytest_tim import _environment
 
     assert set(_environment(os.getcwd())) == set(env)
+    from pytest_tim import ORDERS
+
+    assert golden("request.begin_run.json")["data"]["order"] in ORDERS
     test = golden("request.record.json")["data"]["tests"][0]
     assert set(test) == {"id", "file", "outcome", "durations", "deps"}
     assert set(test["deps"]) == {"code", "files", "dirs"}
