@@ -79,21 +79,32 @@ def _root(config):
 
 
 _INSTRUMENTER = pytest.StashKey()
+_RECORDER = pytest.StashKey()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config, parser, args):
-    # The import hook that instruments the project's modules must be in
-    # place before the first conftest imports any of them.
-    if _mode(early_config.known_args_namespace) is None or backend_choice() != "instrument":
+    # The import hook and the recorder must be in place before the first
+    # conftest imports any project module: the hook instruments modules on
+    # 3.11, and records what every module's import runs.
+    if _mode(early_config.known_args_namespace) is None:
         return
     found = _root(early_config)
     if found is None:
         return
     root, is_project = project_filter(found)
-    instrumenter = Instrumenter(root, is_project, os.path.join(root, ".tim", "pycache"))
+    instrumenter = Instrumenter(
+        root,
+        is_project,
+        os.path.join(root, ".tim", "pycache"),
+        instrument=backend_choice() == "instrument",
+    )
     instrumenter.install()
     early_config.stash[_INSTRUMENTER] = instrumenter
+    recorder = Recorder(root, instrumenter if instrumenter.instrument else None)
+    recorder.start()
+    instrumenter.recorder = recorder
+    early_config.stash[_RECORDER] = recorder
 
 
 def pytest_configure(config):
@@ -105,9 +116,17 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    _stop_recording(config)
+
+
+def _stop_recording(config):
     instrumenter = config.stash.get(_INSTRUMENTER, None)
     if instrumenter is not None:
         instrumenter.uninstall()
+        instrumenter.recorder = None
+    recorder = config.stash.get(_RECORDER, None)
+    if recorder is not None:
+        recorder.stop()
 
 
 class TimPlugin:
@@ -122,6 +141,7 @@ class TimPlugin:
         self.run_id = None
         self.disabled_reason = None
         self.recorder = None
+        self.instrumenter = None
         self.pending = []
         self.current = {}  # nodeid -> per-test state
         self.fixture_deps = {}  # id(FixtureDef) -> Context
@@ -156,8 +176,16 @@ class TimPlugin:
         except DaemonError as e:
             self._disable(str(e))
             return
-        if not self.is_controller:
-            self.recorder = Recorder(self.root, config.stash.get(_INSTRUMENTER, None))
+        if self.is_controller:
+            # The workers record; the controller runs no test.
+            _stop_recording(config)
+            return
+        self.instrumenter = config.stash.get(_INSTRUMENTER, None)
+        self.recorder = config.stash.get(_RECORDER, None)
+        if self.recorder is None:
+            # Loaded too late for the import hook: no import records, which
+            # the daemon treats conservatively.
+            self.recorder = Recorder(self.root)
             self.recorder.start()
 
     # -- failures ---------------------------------------------------------
@@ -170,9 +198,8 @@ class TimPlugin:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        instrumenter = self.config.stash.get(_INSTRUMENTER, None)
-        if instrumenter is not None:
-            instrumenter.uninstall()
+        _stop_recording(self.config)
+        self.recorder = None
 
     def _warn_all(self, warnings):
         for w in warnings or ():
@@ -311,6 +338,19 @@ class TimPlugin:
         if self.recorder is not None:
             self._flush(self._unsent_collection())
 
+    def _unsent_imports(self):
+        """What each project module imported since the last flush ran."""
+        instrumenter = self.instrumenter
+        if instrumenter is None or not instrumenter.imports:
+            return []
+        out = []
+        for path, ctx in sorted(instrumenter.imports.items()):
+            rel = self._rel(path)
+            if rel is not None:
+                out.append({"file": rel, "deps": ctx.to_wire(self.recorder.root)})
+        instrumenter.imports.clear()
+        return out
+
     def _unsent_collection(self):
         out = []
         for rel, ctx in sorted(self.collection.items()):
@@ -321,12 +361,17 @@ class TimPlugin:
 
     def _flush(self, collection=None):
         self._last_flush = time.monotonic()
-        if self.conn is None or (not self.pending and not collection):
+        # Imports first: the daemon stores them before the tests that need
+        # them, which ran after the import.
+        imports = self._unsent_imports() if self.recorder is not None else []
+        if self.conn is None or (not self.pending and not collection and not imports):
             self.pending = []
             return
         data = {"run_id": self.run_id, "tests": self.pending}
         if collection:
             data["collection"] = collection
+        if imports:
+            data["imports"] = imports
         try:
             self.conn.send("record", data)
         except DaemonError as e:

@@ -1,4 +1,10 @@
-"""Function-entry recording by instrumenting the project's own source.
+"""The import hook: what each project module's import runs, and (Python
+3.11) function-entry recording by instrumenting the project's own source.
+
+Every project module is executed inside a recorder context of its own, so
+the daemon learns what its import-time code ran (a function called at
+module level, `CONFIG = build_config()`): tests that import the module
+depend on that too, whichever test file happened to import it first.
 
 Python 3.11 has no per-code-object events, and a profiler pays for every
 call in the process, pytest's included. So on 3.11 the project's modules
@@ -225,13 +231,19 @@ def _hit_statement(index, anchor):
 class Instrumenter:
     """The import hook and the hit tables of every instrumented module."""
 
-    def __init__(self, root, is_project, cache_dir):
+    def __init__(self, root, is_project, cache_dir, instrument=True):
         """`root` ends with a separator; `is_project(real_path)` says whether
-        a source file is the project's code."""
+        a source file is the project's code. Without `instrument`, modules
+        are executed by their own loader, only inside an import context."""
         self.root = root
         self._is_project = is_project
         self._cache_dir = cache_dir
+        self.instrument = instrument
         self._finder = _Finder(self)
+        # The recorder that import contexts are pushed on (set once it
+        # exists), and what each module's import ran: real path -> Context.
+        self.recorder = None
+        self.imports = {}
         # (hits, keys) per module execution; keys[i] = (filename, qualname)
         self.tables = []
         # The module code object being executed by our loader right now: the
@@ -283,6 +295,8 @@ class Instrumenter:
             rewriter = None
         elif type(loader).__name__ == "AssertionRewritingHook" and type(loader).__module__ == "_pytest.assertion.rewrite":
             rewriter = loader
+        elif not self.instrument and hasattr(loader, "exec_module"):
+            rewriter = None  # executed by its own loader: any will do
         else:
             return spec
         if not self._is_project(os.path.realpath(origin)):
@@ -424,15 +438,30 @@ class _Loader:
         return None
 
     def exec_module(self, module):
-        if self._rewriter is not None:
-            # What pytest's own loader records, for its warnings and for
-            # `importlib.resources` on rewritten modules.
-            names = getattr(self._rewriter, "_rewritten_names", None)
-            if isinstance(names, dict):
-                import pathlib
+        instrumenter = self._instrumenter
+        recorder = instrumenter.recorder
+        ctx = recorder.push() if recorder is not None else None
+        try:
+            if not instrumenter.instrument:
+                self._original.exec_module(module)
+                return
+            if self._rewriter is not None:
+                # What pytest's own loader records, for its warnings and for
+                # `importlib.resources` on rewritten modules.
+                names = getattr(self._rewriter, "_rewritten_names", None)
+                if isinstance(names, dict):
+                    import pathlib
 
-                names[module.__name__] = pathlib.Path(module.__spec__.origin)
-        self._instrumenter.execute(module, self._rewriter)
+                    names[module.__name__] = pathlib.Path(module.__spec__.origin)
+            instrumenter.execute(module, self._rewriter)
+        finally:
+            if ctx is not None:
+                recorder.pop(ctx)
+                path = os.path.realpath(module.__spec__.origin)
+                previous = instrumenter.imports.get(path)
+                if previous is not None:
+                    ctx.merge(previous)
+                instrumenter.imports[path] = ctx
 
     def __getattr__(self, name):
         return getattr(self._original, name)

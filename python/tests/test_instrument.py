@@ -271,3 +271,34 @@ def test_assertion_rewriting_still_explains_failures(pytester, monkeypatch):
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "assert [1, 2] == [1, 3]" in out and "At index 1 diff: 2 != 3" in out
+
+
+@pytest.mark.parametrize("instrument", [True, False])
+def test_each_module_import_is_recorded_with_what_it_ran(project, monkeypatch, instrument):
+    # `VALUE = build()` runs `build` once, while the first importer is
+    # collected: every later importer depends on it all the same.
+    root, _ = project
+    write(root, "pkg/helpers.py", "def build():\n    return 1\n\n\ndef unused():\n    return 2\n")
+    write(root, "pkg/m.py", "from pkg.helpers import build\n\nVALUE = build()\n")
+    monkeypatch.setenv("TIM_RECORDER", "instrument" if instrument else "profile")
+    real, is_project = project_filter(str(root))
+    instrumenter = Instrumenter(real, is_project, str(root / ".tim" / "pycache"), instrument=instrument)
+    instrumenter.install()
+    recorder = Recorder(str(root), instrumenter if instrument else None)
+    recorder.start()
+    instrumenter.recorder = recorder
+    try:
+        test = recorder.push()
+        importlib.import_module("pkg.m")
+        recorder.pop(test)
+    finally:
+        recorder.stop()
+    imports = {
+        p[len(str(root.resolve())) + 1 :]: ctx.to_wire(recorder.root)["code"] for p, ctx in instrumenter.imports.items()
+    }
+    # The package `__init__` ran before, in an import context of its own.
+    assert imports["pkg/m.py"] == {"pkg/helpers.py": ["<module>", "build"], "pkg/m.py": ["<module>"]}
+    assert imports["pkg/__init__.py"] in ({}, {"pkg/__init__.py": ["<module>"]})  # empty: nothing ran
+    assert imports["pkg/helpers.py"] == {"pkg/helpers.py": ["<module>"]}
+    # The test that imported it saw all of it too.
+    assert "build" in test.to_wire(recorder.root)["code"]["pkg/helpers.py"]
