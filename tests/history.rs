@@ -122,3 +122,40 @@ fn runs_record_what_they_ran_and_history_keeps_the_newest() {
     assert_eq!(history(&p, "tests/test_a.py::test_one"), [2, 3]);
     assert_eq!(history(&p, "tests/test_a.py::test_other"), [1, 3]);
 }
+
+/// Records an older tim wrote (without what imports ran) are kept as history
+/// but are no usable record: their tests run again and are re-recorded.
+#[test]
+fn records_in_an_older_format_make_their_tests_run_again() {
+    let mut p = Project::with_files(SUITE);
+    p.env("TIM_PYTHON", &test_python());
+    p.tim_ok(&["run", "--all"]);
+    p.tim_ok(&["daemon", "stop"]);
+    {
+        let conn = rusqlite::Connection::open(p.path(".tim/tim.db")).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE test SET deps_version = 1 WHERE node_id LIKE '%test_one'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    let answer = p.tim_json(&["affected", "--json"]);
+    let tests = answer["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 1, "{answer}");
+    assert_eq!(tests[0]["id"], "tests/test_a.py::test_one");
+    assert!(
+        tests[0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no usable record"),
+        "{answer}"
+    );
+    p.tim_ok(&["run"]);
+    assert_eq!(
+        p.tim_json(&["affected", "--json"])["tests"],
+        serde_json::json!([])
+    );
+    assert_eq!(history(&p, "tests/test_a.py::test_one"), [1, 2]);
+}

@@ -158,6 +158,18 @@ def test_listing():
     ),
     ("tests/data/values.json", "{\"x\": 1}\n"),
     (
+        "app/derived.py",
+        "def build():\n    return 5\n\n\nVALUE = build()\n",
+    ),
+    (
+        "tests/test_derived_a.py",
+        "from app.derived import VALUE\n\n\ndef test_value_a():\n    assert VALUE == 5\n",
+    ),
+    (
+        "tests/test_derived_b.py",
+        "from app.derived import VALUE\n\n\ndef test_value_b():\n    assert VALUE == 5\n",
+    ),
+    (
         "tests/test_cases.py",
         r#"import pytest
 
@@ -171,7 +183,7 @@ def test_double(a, b):
     ),
 ];
 
-const ALL_TESTS: usize = 17;
+const ALL_TESTS: usize = 19;
 
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
@@ -306,6 +318,10 @@ selection! {
         [("app/config.py", "LIMIT = 10", "LIMIT = 11")]
         => ["tests/test_config.py::test_limit"],
         "changed: app/config.py::<module>";
+    edit_a_function_called_at_import_time_by_a_module_two_test_files_import:
+        [("app/derived.py", "return 5", "return 6")]
+        => ["tests/test_derived_a.py::test_value_a", "tests/test_derived_b.py::test_value_b"],
+        "changed: app/derived.py::build";
     edit_a_class_attribute:
         [("app/shapes.py", "sides = 4", "sides = 5")]
         => ["tests/test_shapes.py::test_area", "tests/test_shapes.py::test_sides", "tests/test_shapes.py::test_init",

@@ -16,7 +16,7 @@ use crate::index::{ContentHash, Index, RepoPath};
 use crate::pyenv::{self, EnvChange, Snapshot};
 use crate::pyparse::{self, MODULE_BLOCK, Mode, ParsedModule};
 use crate::scan::Filter;
-use crate::store::{NewRun, NewTest, Store, StoreError};
+use crate::store::{Batch, NewRun, NewTest, Store, StoreError};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -94,6 +94,8 @@ pub struct Pytest {
     tests: BTreeMap<String, TestRecord>,
     /// Test file → dependency set of its collection.
     collections: BTreeMap<RepoPath, (i64, i64)>,
+    /// Project module → dependency set of what its import ran.
+    imports: BTreeMap<RepoPath, (i64, i64)>,
     /// Dependency sets by store id, as indices into `deps`: many sets
     /// share dependencies, and a query judges each distinct one once.
     depsets: HashMap<i64, Arc<Vec<u32>>>,
@@ -257,6 +259,10 @@ fn block_for(qualname: &str, parsed: &ParsedModule) -> Option<String> {
     None
 }
 
+/// The dependency set of a record that cannot be used (written by an older
+/// tim): no set has this id, so the test counts as having no usable record.
+const NO_DEPSET: i64 = -1;
+
 /// tim's own state directory is never a dependency.
 fn is_state_path(path: &RepoPath) -> bool {
     path.as_str().starts_with(".tim/")
@@ -347,14 +353,27 @@ impl Pytest {
                     file: row.file,
                     outcome,
                     duration: row.durations.iter().sum(),
-                    deps: row.depset,
+                    // A record in an older format is no usable record.
+                    deps: if row.current_format {
+                        row.depset
+                    } else {
+                        NO_DEPSET
+                    },
                     env: row.env,
                     run: row.run,
                 },
             );
         }
         for row in store.load_collections()? {
-            me.collections.insert(row.file, (row.depset, row.env));
+            let set = if row.current_format {
+                row.depset
+            } else {
+                NO_DEPSET
+            };
+            me.collections.insert(row.file, (set, row.env));
+        }
+        for row in store.load_imports()? {
+            me.imports.insert(row.file, (row.depset, row.env));
         }
         Ok(me)
     }
@@ -548,6 +567,7 @@ impl Pytest {
             .values()
             .map(|t| t.deps)
             .chain(self.collections.values().map(|c| c.0))
+            .chain(self.imports.values().map(|c| c.0))
             .collect();
         self.depsets.retain(|id, _| used.contains(id));
         // Rebuild the table when most of it is no longer referenced.
@@ -592,9 +612,16 @@ impl Pytest {
         };
         let env = self.envs.get(&env_id).cloned();
         let resolver = self.resolver(env.as_deref());
+        // Imports first: the tests of this batch ran after them.
+        let mut imports: HashMap<RepoPath, BTreeSet<Dep>> = HashMap::new();
+        for i in &params.imports {
+            let deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &i.deps)?;
+            imports.insert(RepoPath::new(i.file.clone()), deps);
+        }
         let mut tests = Vec::with_capacity(params.tests.len());
         for result in &params.tests {
-            let deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &result.deps)?;
+            let mut deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &result.deps)?;
+            self.expand_imports(&mut deps, &imports);
             tests.push((result, RepoPath::new(result.file.clone()), deps));
         }
         let mut collections = Vec::with_capacity(params.collection.len());
@@ -602,8 +629,13 @@ impl Pytest {
             let file = RepoPath::new(c.file.clone());
             let mut deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &c.deps)?;
             deps.extend(self.static_collection_deps(ctx, &resolver, &mut closures, &file));
+            self.expand_imports(&mut deps, &imports);
             collections.push((file, deps.into_iter().collect::<Vec<_>>()));
         }
+        let imports: Vec<(RepoPath, Vec<Dep>)> = imports
+            .into_iter()
+            .map(|(f, d)| (f, d.into_iter().collect()))
+            .collect();
         if let Some(state) = self.runs.get_mut(&params.run_id) {
             state.closures = closures;
         }
@@ -621,18 +653,29 @@ impl Pytest {
                 deps,
             })
             .collect();
-        let collection_refs: Vec<(RepoPath, &[Dep])> = collections
-            .iter()
-            .map(|(f, d)| (f.clone(), d.as_slice()))
-            .collect();
-        let (test_sets, collection_sets) = ctx.store.record(
-            params.run_id,
-            env_id,
-            ctx.history_keep,
-            &new,
-            &collection_refs,
-        )?;
-        for ((deps, r, file), set) in rows.into_iter().zip(test_sets) {
+        let batch = Batch {
+            tests: new,
+            collections: collections
+                .iter()
+                .map(|(f, d)| (f.clone(), d.as_slice()))
+                .collect(),
+            imports: imports
+                .iter()
+                .map(|(f, d)| (f.clone(), d.as_slice()))
+                .collect(),
+        };
+        let sets = ctx
+            .store
+            .record(params.run_id, env_id, ctx.history_keep, &batch)?;
+        drop(batch);
+        for ((file, deps), set) in imports.into_iter().zip(sets.imports) {
+            if !self.depsets.contains_key(&set) {
+                let interned = self.deps.set(deps);
+                self.depsets.insert(set, interned);
+            }
+            self.imports.insert(file, (set, env_id));
+        }
+        for ((deps, r, file), set) in rows.into_iter().zip(sets.tests) {
             if !self.depsets.contains_key(&set) {
                 let interned = self.deps.set(deps);
                 self.depsets.insert(set, interned);
@@ -649,7 +692,7 @@ impl Pytest {
                 },
             );
         }
-        for ((file, deps), set) in collections.into_iter().zip(collection_sets) {
+        for ((file, deps), set) in collections.into_iter().zip(sets.collections) {
             if !self.depsets.contains_key(&set) {
                 let interned = self.deps.set(deps);
                 self.depsets.insert(set, interned);
@@ -657,6 +700,54 @@ impl Pytest {
             self.collections.insert(file, (set, env_id));
         }
         Ok(())
+    }
+
+    /// Adds what the imports `deps` rely on ran: for every module whose
+    /// import-time code is a dependency, the dependencies of its import
+    /// record (this batch's, else the stored one), transitively. A test that
+    /// reads `m.VALUE` depends on `build()` in `VALUE = build()` even when
+    /// another test file imported `m` first. A module without a record was
+    /// not imported under recording, so its import ran nothing more.
+    fn expand_imports(&self, deps: &mut BTreeSet<Dep>, fresh: &HashMap<RepoPath, BTreeSet<Dep>>) {
+        fn module_of(dep: &Dep) -> Option<&RepoPath> {
+            match dep {
+                Dep::Code {
+                    file, block: None, ..
+                } => Some(file),
+                Dep::Code {
+                    file,
+                    block: Some(b),
+                    ..
+                } if b == MODULE_BLOCK => Some(file),
+                _ => None,
+            }
+        }
+        let mut seen: HashSet<RepoPath> = HashSet::new();
+        let mut work: Vec<RepoPath> = deps.iter().filter_map(module_of).cloned().collect();
+        while let Some(file) = work.pop() {
+            if !seen.insert(file.clone()) {
+                continue;
+            }
+            let added: Vec<Dep> = match fresh.get(&file) {
+                Some(d) => d.iter().cloned().collect(),
+                None => match self
+                    .imports
+                    .get(&file)
+                    .and_then(|(set, _)| self.depsets.get(set))
+                {
+                    Some(ids) => ids.iter().map(|&i| self.deps.get(i).clone()).collect(),
+                    None => continue,
+                },
+            };
+            for dep in added {
+                if let Some(f) = module_of(&dep)
+                    && !seen.contains(f)
+                {
+                    work.push(f.clone());
+                }
+                deps.insert(dep);
+            }
+        }
     }
 
     /// Plugin-reported dependencies → dependencies with recorded hashes.

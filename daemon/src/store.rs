@@ -440,7 +440,8 @@ impl Store {
     /// Every dependency set still referenced by a test or a collection.
     pub fn load_depsets(&self) -> Result<Vec<(i64, Vec<Dep>)>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, data FROM depset WHERE id IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection)",
+            "SELECT id, data FROM depset WHERE id IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection
+               UNION SELECT depset_id FROM module_import)",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
@@ -460,7 +461,7 @@ impl Store {
 
     pub fn load_tests(&self) -> Result<Vec<TestRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id FROM test",
+            "SELECT node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id, deps_version FROM test",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(TestRow {
@@ -471,6 +472,24 @@ impl Store {
                 depset: r.get(6)?,
                 env: r.get(7)?,
                 run: r.get::<_, i64>(8)? as u64,
+                current_format: r.get::<_, i64>(9)? >= DEPS_VERSION,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What each project module's import ran, as last recorded.
+    pub fn load_imports(&self) -> Result<Vec<CollectionRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file, depset_id, env_id, run_id FROM module_import")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CollectionRow {
+                file: RepoPath::new(r.get::<_, String>(0)?),
+                depset: r.get(1)?,
+                env: r.get(2)?,
+                run: r.get::<_, i64>(3)? as u64,
+                current_format: true,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -479,13 +498,14 @@ impl Store {
     pub fn load_collections(&self) -> Result<Vec<CollectionRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT file, depset_id, env_id, run_id FROM collection")?;
+            .prepare("SELECT file, depset_id, env_id, run_id, deps_version FROM collection")?;
         let rows = stmt.query_map([], |r| {
             Ok(CollectionRow {
                 file: RepoPath::new(r.get::<_, String>(0)?),
                 depset: r.get(1)?,
                 env: r.get(2)?,
                 run: r.get::<_, i64>(3)? as u64,
+                current_format: r.get::<_, i64>(4)? >= DEPS_VERSION,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -582,9 +602,9 @@ impl Store {
     }
 
     /// Stores a batch of results in one transaction: each test's latest
-    /// record, its history row, and the collection records. Dependency sets
-    /// are interned; returns their ids in input order (tests, then
-    /// collections).
+    /// record, its history row, the collection records and the import
+    /// records. Dependency sets are interned; returns their ids in input
+    /// order (tests, collections, imports).
     ///
     /// Each test keeps its `keep` newest history rows (at least one).
     pub fn record(
@@ -592,19 +612,35 @@ impl Store {
         run: u64,
         env: i64,
         keep: u32,
-        tests: &[NewTest<'_>],
-        collections: &[(RepoPath, &[Dep])],
-    ) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+        batch: &Batch<'_>,
+    ) -> Result<BatchSets, StoreError> {
+        let Batch {
+            tests,
+            collections,
+            imports,
+        } = batch;
         let tx = self.conn.transaction()?;
         let mut test_sets = Vec::with_capacity(tests.len());
         let mut collection_sets = Vec::with_capacity(collections.len());
+        let mut import_sets = Vec::with_capacity(imports.len());
         {
+            let mut import = tx.prepare_cached(
+                "INSERT INTO module_import (file, depset_id, env_id, run_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (file) DO UPDATE SET depset_id = excluded.depset_id,
+                   env_id = excluded.env_id, run_id = excluded.run_id",
+            )?;
+            for (file, deps) in imports.iter() {
+                let set = intern(&tx, "depset", &encode_deps(deps).to_string())?;
+                import.execute(params![file.as_str(), set, env, run as i64])?;
+                import_sets.push(set);
+            }
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO test (node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO test (node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id, deps_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (node_id) DO UPDATE SET file = excluded.file, outcome = excluded.outcome,
                    setup_s = excluded.setup_s, call_s = excluded.call_s, teardown_s = excluded.teardown_s,
-                   depset_id = excluded.depset_id, env_id = excluded.env_id, run_id = excluded.run_id",
+                   depset_id = excluded.depset_id, env_id = excluded.env_id, run_id = excluded.run_id,
+                   deps_version = excluded.deps_version",
             )?;
             let mut history = tx.prepare_cached(
                 "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s)
@@ -626,7 +662,8 @@ impl Store {
                     t.durations[2],
                     set,
                     env,
-                    run as i64
+                    run as i64,
+                    DEPS_VERSION
                 ])?;
                 history.execute(params![
                     run as i64,
@@ -640,25 +677,30 @@ impl Store {
                 test_sets.push(set);
             }
             let mut collection = tx.prepare_cached(
-                "INSERT INTO collection (file, depset_id, env_id, run_id) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO collection (file, depset_id, env_id, run_id, deps_version) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (file) DO UPDATE SET depset_id = excluded.depset_id,
-                   env_id = excluded.env_id, run_id = excluded.run_id",
+                   env_id = excluded.env_id, run_id = excluded.run_id, deps_version = excluded.deps_version",
             )?;
-            for (file, deps) in collections {
+            for (file, deps) in collections.iter() {
                 let set = intern(&tx, "depset", &encode_deps(deps).to_string())?;
-                collection.execute(params![file.as_str(), set, env, run as i64])?;
+                collection.execute(params![file.as_str(), set, env, run as i64, DEPS_VERSION])?;
                 collection_sets.push(set);
             }
         }
         tx.commit()?;
-        Ok((test_sets, collection_sets))
+        Ok(BatchSets {
+            tests: test_sets,
+            collections: collection_sets,
+            imports: import_sets,
+        })
     }
 
     /// Deletes dependency sets no test or collection refers to any more
     /// (replaced by newer records).
     pub fn drop_unused_depsets(&mut self) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "DELETE FROM depset WHERE id NOT IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection)",
+            "DELETE FROM depset WHERE id NOT IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection
+               UNION SELECT depset_id FROM module_import)",
             [],
         )?)
     }
@@ -680,7 +722,8 @@ impl Store {
                 del.execute([f.as_str()])?;
             }
             tx.execute(
-                "DELETE FROM depset WHERE id NOT IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection)",
+                "DELETE FROM depset WHERE id NOT IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection
+                   UNION SELECT depset_id FROM module_import)",
                 [],
             )?;
         }
@@ -697,6 +740,25 @@ impl Store {
     }
 }
 
+/// The format of dependency records this tim writes. 2: tests and
+/// collections expanded with what the imports they rely on ran.
+pub const DEPS_VERSION: i64 = 2;
+
+/// One `record` batch to store.
+#[derive(Default)]
+pub struct Batch<'a> {
+    pub tests: Vec<NewTest<'a>>,
+    pub collections: Vec<(RepoPath, &'a [Dep])>,
+    pub imports: Vec<(RepoPath, &'a [Dep])>,
+}
+
+/// The interned dependency-set ids of a stored batch, in input order.
+pub struct BatchSets {
+    pub tests: Vec<i64>,
+    pub collections: Vec<i64>,
+    pub imports: Vec<i64>,
+}
+
 /// A test's latest record as stored.
 #[derive(Clone, Debug)]
 pub struct TestRow {
@@ -708,6 +770,8 @@ pub struct TestRow {
     pub depset: i64,
     pub env: i64,
     pub run: u64,
+    /// Written in the [`DEPS_VERSION`] format (else: no usable record).
+    pub current_format: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -716,6 +780,7 @@ pub struct CollectionRow {
     pub depset: i64,
     pub env: i64,
     pub run: u64,
+    pub current_format: bool,
 }
 
 /// A run to begin.
@@ -1067,7 +1132,7 @@ mod tests {
             },
         ];
         let file = RepoPath::new("tests/test_m.py");
-        let tests = [
+        let tests = vec![
             NewTest {
                 node_id: "tests/test_m.py::test_a",
                 file: &file,
@@ -1083,16 +1148,30 @@ mod tests {
                 deps: &deps,
             },
         ];
-        let (sets, _) = store
-            .record(run, env_id, 50, &tests, &[(file.clone(), &deps[..1])])
-            .unwrap();
-        assert_eq!(sets[0], sets[1], "identical sets are stored once");
+        let module = RepoPath::new("m.py");
+        let batch = Batch {
+            tests,
+            collections: vec![(file.clone(), &deps[..1])],
+            imports: vec![(module.clone(), &deps[..2])],
+        };
+        let sets = store.record(run, env_id, 50, &batch).unwrap();
+        assert_eq!(
+            sets.tests[0], sets.tests[1],
+            "identical sets are stored once"
+        );
+        let imports = store.load_imports().unwrap();
+        assert_eq!(imports.len(), 1);
+        assert_eq!(
+            (&imports[0].file, imports[0].depset),
+            (&module, sets.imports[0])
+        );
+        assert!(store.load_tests().unwrap().iter().all(|t| t.current_format));
         store.end_run(run, 1).unwrap();
         let loaded = store.load_tests().unwrap();
         assert_eq!(loaded.len(), 2);
         assert_eq!(store.load_envs().unwrap(), vec![(env_id, env)]);
         let sets = store.load_depsets().unwrap();
-        assert_eq!(sets.len(), 2);
+        assert_eq!(sets.len(), 3, "the tests', the collection's, the import's");
         assert!(sets.iter().any(|(_, d)| *d == deps));
         assert_eq!(store.load_collections().unwrap().len(), 1);
         store
@@ -1104,8 +1183,8 @@ mod tests {
         assert_eq!(store.load_tests().unwrap().len(), 1);
         assert_eq!(
             store.load_depsets().unwrap().len(),
-            1,
-            "unreferenced sets are dropped"
+            2,
+            "unreferenced sets are dropped (the collection's); the test's and the import's stay"
         );
     }
 
@@ -1152,7 +1231,11 @@ mod tests {
             }
             store.set_run_selected(run, batch.len() as u64).unwrap();
             store.set_run_selected(run, 99).unwrap(); // a later worker: ignored
-            store.record(run, env, 3, &batch, &[]).unwrap();
+            let batch = Batch {
+                tests: batch,
+                ..Batch::default()
+            };
+            store.record(run, env, 3, &batch).unwrap();
             store.end_run(run, 0).unwrap();
             runs.push(run);
         }

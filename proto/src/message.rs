@@ -492,6 +492,10 @@ pub struct RecordParams {
     pub tests: Vec<TestResult>,
     #[serde(default)]
     pub collection: Vec<CollectionResult>,
+    /// 1.2: per project module, what its import ran (module-level code and
+    /// the functions it called).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<CollectionResult>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

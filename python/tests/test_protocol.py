@@ -28,7 +28,7 @@ def test_request_frames_have_the_shape_of_the_golden_ones():
         "hello": {"protocol", "client", "client_version", "capabilities"},
         "begin_run": {"command", "mode", "environment", "collection", "order"},
         "select": {"run_id", "tests"},
-        "record": {"run_id", "tests", "collection"},
+        "record": {"run_id", "tests", "collection", "imports"},
         "end_run": {"run_id", "exit_status"},
     }
     for kind, keys in sent.items():
