@@ -244,6 +244,7 @@ class Instrumenter:
         # exists), and what each module's import ran: real path -> Context.
         self.recorder = None
         self.imports = {}
+        self._real_dirs = {}
         # (hits, keys) per module execution; keys[i] = (filename, qualname)
         self.tables = []
         # The module code object being executed by our loader right now: the
@@ -268,6 +269,15 @@ class Instrumenter:
             sys.meta_path.remove(self._finder)
         except ValueError:
             pass
+
+    def realpath(self, path):
+        """`os.path.realpath`, resolving each directory once: every import
+        of the session asks, and `realpath` stats every path component."""
+        directory, name = os.path.split(path)
+        real = self._real_dirs.get(directory)
+        if real is None:
+            real = self._real_dirs[directory] = os.path.realpath(directory)
+        return os.path.join(real, name)
 
     def harvest(self, sink):
         """Calls `sink(key)` for every function that ran since the last
@@ -299,7 +309,7 @@ class Instrumenter:
             rewriter = None  # executed by its own loader: any will do
         else:
             return spec
-        if not self._is_project(os.path.realpath(origin)):
+        if not self._is_project(self.realpath(origin)):
             return spec
         spec.loader = _Loader(self, loader, rewriter)
         return spec
@@ -457,7 +467,7 @@ class _Loader:
         finally:
             if ctx is not None:
                 recorder.pop(ctx)
-                path = os.path.realpath(module.__spec__.origin)
+                path = instrumenter.realpath(module.__spec__.origin)
                 previous = instrumenter.imports.get(path)
                 if previous is not None:
                     ctx.merge(previous)
