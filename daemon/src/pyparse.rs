@@ -271,7 +271,9 @@ impl<'s> Walker<'s> {
 
     /// Emits `node`'s tokens into `acc`, recursing through [`Self::walk`].
     fn tokens(&mut self, node: Node, scope: &Scope, acc: &mut Acc) {
-        if node.child_count() == 0 {
+        // A string's content is one token: its escape sequences are child
+        // nodes, and the text between them belongs to no node.
+        if node.child_count() == 0 || node.kind() == "string_content" {
             acc.token(self.text(node));
             return;
         }
@@ -531,6 +533,24 @@ class Parser:
 def top(x=1):
     return lambda: x
 "#;
+
+    /// The text of a string is hashed whole, escape sequences or not.
+    #[test]
+    fn every_character_of_a_string_counts() {
+        let base = "def f():\n    return 'ab\\ncd'\n";
+        for (from, to) in [
+            ("ab", "zz"),
+            ("cd", "zz"),
+            ("\\n", "\\t"),
+            ("'ab", "f'{x}ab"),
+        ] {
+            assert_eq!(
+                changed(base, &base.replacen(from, to, 1)),
+                ["f"],
+                "{from} -> {to}"
+            );
+        }
+    }
 
     #[test]
     fn blocks_are_named_by_qualname() {
