@@ -159,7 +159,32 @@ def test_listing():
     ("tests/data/values.json", "{\"x\": 1}\n"),
     (
         "app/derived.py",
-        "def build():\n    return 5\n\n\nVALUE = build()\n",
+        "BASE = 5\n\n\ndef build():\n    return BASE\n\n\nVALUE = build()\n",
+    ),
+    (
+        "app/settings.py",
+        "TIMEOUT = 30\nRETRIES = 3\n\n\ndef timeout():\n    return TIMEOUT\n",
+    ),
+    (
+        "tests/test_settings.py",
+        r#"from app import settings
+
+
+def test_timeout():
+    assert settings.timeout() == 30
+
+
+def test_retries():
+    assert settings.RETRIES == 3
+
+
+def test_unrelated():
+    assert settings is not None
+
+
+def test_listing():
+    assert "TIMEOUT" in dir(settings)
+"#,
     ),
     (
         "tests/test_derived_a.py",
@@ -183,7 +208,7 @@ def test_double(a, b):
     ),
 ];
 
-const ALL_TESTS: usize = 19;
+const ALL_TESTS: usize = 23;
 
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
@@ -319,9 +344,27 @@ selection! {
         => ["tests/test_config.py::test_limit"],
         "changed: app/config.py::<module>";
     edit_a_function_called_at_import_time_by_a_module_two_test_files_import:
-        [("app/derived.py", "return 5", "return 6")]
+        [("app/derived.py", "return BASE", "return BASE + 1")]
         => ["tests/test_derived_a.py::test_value_a", "tests/test_derived_b.py::test_value_b"],
         "changed: app/derived.py::build";
+    edit_a_constant_read_only_by_a_function_called_at_import_time:
+        [("app/derived.py", "BASE = 5", "BASE = 6")]
+        => ["tests/test_derived_a.py::test_value_a", "tests/test_derived_b.py::test_value_b"],
+        "changed: app/derived.py::<module>.BASE";
+    edit_a_constant_selects_the_tests_whose_code_reads_it:
+        [("app/settings.py", "TIMEOUT = 30", "TIMEOUT = 31")]
+        // test_listing lists the module's names with dir(): it may read any.
+        => ["tests/test_settings.py::test_timeout", "tests/test_settings.py::test_listing"],
+        "changed: app/settings.py::<module>.TIMEOUT";
+    edit_a_constant_read_directly_by_one_test:
+        [("app/settings.py", "RETRIES = 3", "RETRIES = 4")]
+        => ["tests/test_settings.py::test_retries", "tests/test_settings.py::test_listing"],
+        "changed: app/settings.py::<module>.RETRIES";
+    rename_a_constant:
+        [("app/settings.py", "RETRIES = 3", "ATTEMPTS = 3")]
+        => ["tests/test_settings.py::test_timeout", "tests/test_settings.py::test_retries",
+            "tests/test_settings.py::test_unrelated", "tests/test_settings.py::test_listing"],
+        "app/settings.py";
     edit_a_class_attribute:
         [("app/shapes.py", "sides = 4", "sides = 5")]
         => ["tests/test_shapes.py::test_area", "tests/test_shapes.py::test_sides", "tests/test_shapes.py::test_init",

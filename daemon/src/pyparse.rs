@@ -26,7 +26,7 @@
 //! block while an indentation change that moves a statement does.
 
 use crate::index::ContentHash;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tree_sitter::{Node, Parser};
 
 /// The module block's name.
@@ -78,7 +78,48 @@ pub struct ParsedModule {
     /// Set when the source does not parse; the blocks are then not to be
     /// trusted, and everything depending on the file counts as changed.
     pub syntax_error: Option<SyntaxError>,
+    /// Names the code of each block mentions (identifiers, attribute names,
+    /// words inside strings), by block; pytest-mode decorators and
+    /// signatures under `NAME#header`. See [`LITERAL_PREFIX`].
+    pub mentions: BTreeMap<String, BTreeSet<String>>,
+    /// Blocks that reach names in ways mentions cannot see (`dir()`,
+    /// `vars()`, `getattr` with a computed name, `__dict__`, ...).
+    pub reflective: BTreeSet<String>,
+    /// Module-level names bound once, to a literal (`LIMIT = 10`), each with
+    /// a block of its own, `<module>.NAME`.
+    pub literals: Vec<String>,
 }
+
+/// Blocks of literal module-level assignments are named `<module>.NAME`.
+///
+/// `LIMIT = 10` at module level binds a name to a value that has no effect
+/// but through that name. Its value is left out of the module block (the
+/// name stays in), so a test depends on it only when code it can observe
+/// mentions `LIMIT`: code it ran, the import-time code of the modules it
+/// imports, what those imports called, and (for collection) the decorators
+/// and signatures of its file. Code that reaches names reflectively counts
+/// as mentioning every name.
+pub const LITERAL_PREFIX: &str = "<module>.";
+
+/// Identifiers whose presence makes a block reflective.
+const REFLECTIVE: &[&str] = &[
+    "dir",
+    "vars",
+    "globals",
+    "locals",
+    "eval",
+    "exec",
+    "__dict__",
+    "__defaults__",
+    "__kwdefaults__",
+    "__globals__",
+    "getmembers",
+    "signature",
+    "getfullargspec",
+    "getargspec",
+    "attrgetter",
+    "__getattribute__",
+];
 
 impl ParsedModule {
     pub fn block(&self, name: &str) -> Option<&Block> {
@@ -116,6 +157,17 @@ struct Walker<'s> {
     lazy_imports: Vec<(String, Import)>,
     /// The function block being walked, innermost last.
     blocks: Vec<String>,
+    /// Literal assignments found by [`literal_assignments`]: start byte of
+    /// the statement → name.
+    literal_statements: BTreeMap<usize, String>,
+    literal_blocks: BTreeMap<String, Acc>,
+    mentions: BTreeMap<String, BTreeSet<String>>,
+    reflective: BTreeSet<String>,
+    /// Where mentions go, innermost last; empty: the module block.
+    targets: Vec<String>,
+    /// Above 0 while walking what mentions nothing (import statements,
+    /// `__all__`).
+    muted: u32,
 }
 
 /// Parses `src` (Python source bytes) as a library module.
@@ -136,15 +188,29 @@ pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
             imports: Vec::new(),
             lazy_imports: Vec::new(),
             syntax_error: Some(SyntaxError { line: 1, column: 1 }),
+            mentions: BTreeMap::new(),
+            reflective: BTreeSet::new(),
+            literals: Vec::new(),
         };
     };
     let root = tree.root_node();
+    let literal_statements = if mode == Mode::Library && !root.has_error() {
+        literal_assignments(root, src)
+    } else {
+        BTreeMap::new()
+    };
     let mut walker = Walker {
         src,
         functions: BTreeMap::new(),
         imports: Vec::new(),
         lazy_imports: Vec::new(),
         blocks: Vec::new(),
+        literal_statements,
+        literal_blocks: BTreeMap::new(),
+        mentions: BTreeMap::new(),
+        reflective: BTreeSet::new(),
+        targets: Vec::new(),
+        muted: 0,
     };
     let last_line = root.end_position().row as u32 + 1;
     let mut module = Acc::new(1, last_line);
@@ -165,11 +231,21 @@ pub fn parse_as(src: &[u8], mode: Mode) -> ParsedModule {
         first_line: acc.first_line,
         last_line: acc.last_line,
     }));
+    let literals: Vec<String> = walker.literal_blocks.keys().cloned().collect();
+    blocks.extend(walker.literal_blocks.into_iter().map(|(name, acc)| Block {
+        name: format!("{LITERAL_PREFIX}{name}"),
+        hash: ContentHash(*acc.hasher.finalize().as_bytes()),
+        first_line: acc.first_line,
+        last_line: acc.last_line,
+    }));
     ParsedModule {
         blocks,
         imports: walker.imports,
         lazy_imports: walker.lazy_imports,
         syntax_error: first_error(root),
+        mentions: walker.mentions,
+        reflective: walker.reflective,
+        literals,
     }
 }
 
@@ -231,8 +307,28 @@ impl<'s> Walker<'s> {
         {
             return;
         }
+        if let Scope::Module {
+            prefix,
+            standalone: false,
+        } = scope
+            && prefix.is_empty()
+            && node.kind() == "expression_statement"
+        {
+            if let Some(name) = self.literal_statements.get(&node.start_byte()).cloned() {
+                self.literal(node, &name, acc);
+                return;
+            }
+            if assigns_all(node, self.src) {
+                // `__all__` lists names for `import *`, which reads none.
+                self.muted += 1;
+                self.tokens(node, scope, acc);
+                self.muted -= 1;
+                return;
+            }
+        }
         match node.kind() {
             "comment" => return,
+            "call" => self.dynamic_attribute(node),
             "function_definition" => {
                 if let Scope::Module { prefix, .. } = scope {
                     self.function(node, prefix, acc);
@@ -263,10 +359,119 @@ impl<'s> Walker<'s> {
                         self.imports.extend(found);
                     }
                 }
+                // `from m import X` mentions nothing: code that uses X
+                // mentions it. `X as Y` does: uses mention only Y.
+                self.muted += 1;
+                self.tokens(node, scope, acc);
+                self.muted -= 1;
+                self.mention_aliased(node);
+                return;
             }
             _ => {}
         }
         self.tokens(node, scope, acc);
+    }
+
+    /// A literal assignment: its name stays in the module block, its value
+    /// goes to a block of its own.
+    fn literal(&mut self, node: Node, name: &str, acc: &mut Acc) {
+        acc.token(name.as_bytes());
+        acc.token(b"=");
+        acc.token(b"<literal>");
+        let mut value = Acc::new(
+            node.start_position().row as u32 + 1,
+            node.end_position().row as u32 + 1,
+        );
+        let right = node
+            .named_child(0)
+            .and_then(|a| a.child_by_field_name("right"));
+        if let Some(right) = right {
+            self.muted += 1;
+            self.tokens(right, &Scope::Function, &mut value);
+            self.muted -= 1;
+        }
+        self.literal_blocks.insert(name.to_owned(), value);
+    }
+
+    fn target(&self) -> &str {
+        self.targets.last().map_or(MODULE_BLOCK, String::as_str)
+    }
+
+    /// Records what a leaf token mentions.
+    fn mention(&mut self, node: Node) {
+        if self.muted > 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(self.text(node)).into_owned();
+        let target = self.target().to_owned();
+        match node.kind() {
+            "identifier" => {
+                if REFLECTIVE.contains(&text.as_str()) {
+                    self.reflective.insert(target.clone());
+                }
+                self.mentions.entry(target).or_default().insert(text);
+            }
+            // `getattr(m, "LIMIT")`, `eval("LIMIT + 1")`: every word.
+            "string_content" => {
+                let words = text
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .filter(|w| {
+                        w.chars()
+                            .next()
+                            .is_some_and(|c| c.is_alphabetic() || c == '_')
+                    })
+                    .map(str::to_owned);
+                self.mentions.entry(target).or_default().extend(words);
+            }
+            _ => {}
+        }
+    }
+
+    /// `import a.b as c`, `from m import X as Y`: the original names.
+    fn mention_aliased(&mut self, node: Node) {
+        let mut stack = vec![node];
+        while let Some(n) = stack.pop() {
+            if n.kind() == "aliased_import" {
+                if let Some(name) = n.child_by_field_name("name") {
+                    let mut leaves = vec![name];
+                    while let Some(l) = leaves.pop() {
+                        if l.child_count() == 0 {
+                            self.mention(l);
+                        } else {
+                            let mut cursor = l.walk();
+                            leaves.extend(l.children(&mut cursor));
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut cursor = n.walk();
+            stack.extend(n.children(&mut cursor));
+        }
+    }
+
+    /// `getattr(obj, name)` (and `hasattr`, `setattr`, `delattr`) with a
+    /// name that is not a string literal reaches names mentions cannot see.
+    fn dynamic_attribute(&mut self, call: Node) {
+        let Some(function) = call.child_by_field_name("function") else {
+            return;
+        };
+        if function.kind() != "identifier"
+            || !matches!(
+                self.text(function),
+                b"getattr" | b"hasattr" | b"setattr" | b"delattr"
+            )
+        {
+            return;
+        }
+        let literal_name = call
+            .child_by_field_name("arguments")
+            .and_then(|args| args.named_child(1))
+            .is_some_and(|name| name.kind() == "string" && !has_kind(name, "interpolation"));
+        if !literal_name && self.muted == 0 {
+            let target = self.target().to_owned();
+            self.reflective.insert(target);
+        }
     }
 
     /// Emits `node`'s tokens into `acc`, recursing through [`Self::walk`].
@@ -275,6 +480,7 @@ impl<'s> Walker<'s> {
         // nodes, and the text between them belongs to no node.
         if node.child_count() == 0 || node.kind() == "string_content" {
             acc.token(self.text(node));
+            self.mention(node);
             return;
         }
         let is_block = node.kind() == "block";
@@ -317,6 +523,9 @@ impl<'s> Walker<'s> {
         // at definition time: it belongs to the enclosing block.
         let mut cursor = node.walk();
         let children: Vec<Node> = node.children(&mut cursor).collect();
+        // Defaults and annotations are evaluated once, at definition time;
+        // what they mention is observed by the function's callers.
+        self.targets.push(qualname.clone());
         for child in children {
             if Some(child) == body {
                 acc.token(b"<body>");
@@ -332,6 +541,7 @@ impl<'s> Walker<'s> {
             self.blocks.pop();
             self.functions.insert(qualname, fn_acc);
         }
+        self.targets.pop();
     }
 
     fn class(&mut self, node: Node, prefix: &str, acc: &mut Acc) {
@@ -376,10 +586,37 @@ impl<'s> Walker<'s> {
             .unwrap_or_default();
         let qualname = format!("{prefix}{name}");
         let mut acc = self.block_acc(&qualname, node);
+        // Decorators, signatures and class-level code run at collection:
+        // their mentions go to `NAME#header`, a body's to `NAME`.
+        self.targets.push(format!("{qualname}#header"));
         match def.kind() {
             "function_definition" => {
                 self.blocks.push(qualname.clone());
-                self.tokens(node, &Scope::Function, &mut acc);
+                let body = def.child_by_field_name("body");
+                let mut cursor = node.walk();
+                let outer: Vec<Node> = if node == def {
+                    vec![def]
+                } else {
+                    node.children(&mut cursor).collect()
+                };
+                for child in outer {
+                    if child != def {
+                        self.walk(child, &Scope::Function, &mut acc);
+                        continue;
+                    }
+                    let mut cursor = def.walk();
+                    let parts: Vec<Node> = def.children(&mut cursor).collect();
+                    for part in parts {
+                        let is_body = Some(part) == body;
+                        if is_body {
+                            self.targets.push(qualname.clone());
+                        }
+                        self.walk(part, &Scope::Function, &mut acc);
+                        if is_body {
+                            self.targets.pop();
+                        }
+                    }
+                }
                 self.blocks.pop();
             }
             "class_definition" if name.starts_with("Test") => {
@@ -412,6 +649,7 @@ impl<'s> Walker<'s> {
                 }
             }
             _ => {
+                self.targets.pop();
                 // Put back what we took: not ours to handle.
                 if acc.hasher.count() > 0 || self.functions.contains_key(&qualname) {
                     self.functions.insert(qualname, acc);
@@ -419,6 +657,7 @@ impl<'s> Walker<'s> {
                 return false;
             }
         }
+        self.targets.pop();
         self.functions.insert(qualname, acc);
         true
     }
@@ -476,6 +715,193 @@ impl<'s> Walker<'s> {
         }
         found
     }
+}
+
+/// Module-level statements `NAME = <literal>` whose name no other
+/// statement binds (see [`LITERAL_PREFIX`]): start byte → name. None at all
+/// when the module has a star import, which may rebind anything.
+fn literal_assignments(root: Node, src: &[u8]) -> BTreeMap<usize, String> {
+    let text = |n: Node| String::from_utf8_lossy(&src[n.byte_range()]).into_owned();
+    let mut bindings: BTreeMap<String, u32> = BTreeMap::new();
+    let mut unsure = false;
+    let mut candidates = Vec::new();
+    let mut cursor = root.walk();
+    for statement in root.named_children(&mut cursor) {
+        if statement.kind() == "expression_statement"
+            && statement.named_child_count() == 1
+            && let Some(assignment) = statement.named_child(0)
+            && assignment.kind() == "assignment"
+            && assignment.child_by_field_name("type").is_none()
+            && let (Some(left), Some(right)) = (
+                assignment.child_by_field_name("left"),
+                assignment.child_by_field_name("right"),
+            )
+            && left.kind() == "identifier"
+            && is_literal(right)
+        {
+            candidates.push((statement.start_byte(), text(left)));
+        }
+        count_bindings(statement, &text, &mut bindings, &mut unsure);
+    }
+    // `global NAME` in any function may rebind it.
+    let mut globals = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(n) = stack.pop() {
+        if n.kind() == "global_statement" {
+            let mut cursor = n.walk();
+            globals.extend(n.named_children(&mut cursor).map(text));
+        }
+        let mut cursor = n.walk();
+        stack.extend(n.named_children(&mut cursor));
+    }
+    if unsure {
+        return BTreeMap::new();
+    }
+    candidates
+        .into_iter()
+        .filter(|(_, name)| {
+            bindings.get(name) == Some(&1) && !globals.contains(name) && name != "__all__"
+        })
+        .collect()
+}
+
+/// Counts the module-level names `node` binds (not inside function or class
+/// bodies); sets `unsure` for a star import.
+fn count_bindings(
+    node: Node,
+    text: &dyn Fn(Node) -> String,
+    bindings: &mut BTreeMap<String, u32>,
+    unsure: &mut bool,
+) {
+    let bind = |n: Node, bindings: &mut BTreeMap<String, u32>| {
+        let mut stack = vec![n];
+        while let Some(n) = stack.pop() {
+            match n.kind() {
+                "identifier" => *bindings.entry(text(n)).or_default() += 1,
+                // `a.b = ...`, `a[i] = ...` bind no module name.
+                "attribute" | "subscript" => {}
+                _ => {
+                    let mut cursor = n.walk();
+                    stack.extend(n.named_children(&mut cursor));
+                }
+            }
+        }
+    };
+    match node.kind() {
+        "function_definition" | "class_definition" => {
+            if let Some(name) = node.child_by_field_name("name") {
+                bind(name, bindings);
+            }
+            // Decorators, defaults and bases may hold walrus bindings.
+            let body = node.child_by_field_name("body");
+            let mut cursor = node.walk();
+            for child in node.named_children(&mut cursor) {
+                if Some(child) != body && child.kind() != "identifier" {
+                    count_bindings(child, text, bindings, unsure);
+                }
+            }
+        }
+        "assignment" | "augmented_assignment" => {
+            if let Some(left) = node.child_by_field_name("left") {
+                bind(left, bindings);
+            }
+            if let Some(right) = node.child_by_field_name("right") {
+                count_bindings(right, text, bindings, unsure);
+            }
+        }
+        "for_statement" | "for_in_clause" => {
+            if let Some(left) = node.child_by_field_name("left") {
+                bind(left, bindings);
+            }
+            let mut cursor = node.walk();
+            for child in node.named_children(&mut cursor) {
+                count_bindings(child, text, bindings, unsure);
+            }
+        }
+        "as_pattern" | "named_expression" | "delete_statement" | "case_pattern" => {
+            bind(node, bindings)
+        }
+        "import_statement" | "import_from_statement" => {
+            let mut cursor = node.walk();
+            for child in node.children(&mut cursor) {
+                match child.kind() {
+                    "wildcard_import" => *unsure = true,
+                    "aliased_import" => {
+                        if let Some(alias) = child.child_by_field_name("alias") {
+                            bind(alias, bindings);
+                        }
+                    }
+                    "dotted_name" => {
+                        // `import a.b` binds `a`; `from m import x` binds `x`
+                        // (the module path binds nothing, counting it only
+                        // makes the answer more careful).
+                        if let Some(first) = child.named_child(0) {
+                            bind(first, bindings);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {
+            let mut cursor = node.walk();
+            for child in node.named_children(&mut cursor) {
+                count_bindings(child, text, bindings, unsure);
+            }
+        }
+    }
+}
+
+/// A value with no effect but itself: numbers, strings without
+/// interpolation, `True`/`False`/`None`, and tuples, lists, sets and dicts
+/// of those (operators included: `60 * 60`).
+fn is_literal(node: Node) -> bool {
+    let all = |n: Node| {
+        let mut cursor = n.walk();
+        let ok = n
+            .named_children(&mut cursor)
+            .filter(|c| c.kind() != "comment")
+            .all(is_literal);
+        ok
+    };
+    match node.kind() {
+        "integer" | "float" | "true" | "false" | "none" | "ellipsis" => true,
+        "string" => !has_kind(node, "interpolation"),
+        "concatenated_string"
+        | "tuple"
+        | "list"
+        | "set"
+        | "expression_list"
+        | "parenthesized_expression"
+        | "unary_operator"
+        | "binary_operator"
+        | "pair" => all(node),
+        "dictionary" => all(node),
+        // The operator of `-1`, `60 * 60` is an anonymous node; any named
+        // node not listed (a name, a call, a comprehension) is not literal.
+        _ => false,
+    }
+}
+
+fn has_kind(node: Node, kind: &str) -> bool {
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        if n.kind() == kind {
+            return true;
+        }
+        let mut cursor = n.walk();
+        stack.extend(n.children(&mut cursor));
+    }
+    false
+}
+
+/// `__all__ = [...]` or `__all__ += [...]` at module level.
+fn assigns_all(statement: Node, src: &[u8]) -> bool {
+    statement
+        .named_child(0)
+        .filter(|a| matches!(a.kind(), "assignment" | "augmented_assignment"))
+        .and_then(|a| a.child_by_field_name("left"))
+        .is_some_and(|left| &src[left.byte_range()] == b"__all__")
 }
 
 #[cfg(test)]
@@ -559,6 +985,7 @@ def top(x=1):
             names,
             [
                 "<module>",
+                "<module>.LIMIT",
                 "Parser.Inner.method",
                 "Parser.__init__",
                 "Parser.parse",
@@ -583,7 +1010,24 @@ def top(x=1):
                 "[c for c in self.text if c]",
                 &["Parser.parse"],
             ),
-            ("module constant", "LIMIT = 10", "LIMIT = 11", &["<module>"]),
+            (
+                "literal module constant: its own block",
+                "LIMIT = 10",
+                "LIMIT = 11",
+                &["<module>.LIMIT"],
+            ),
+            (
+                "a constant renamed",
+                "LIMIT = 10",
+                "MAX = 10",
+                &["<module>", "<module>.LIMIT", "<module>.MAX"],
+            ),
+            (
+                "a constant no longer literal",
+                "LIMIT = 10",
+                "LIMIT = int(10)",
+                &["<module>", "<module>.LIMIT"],
+            ),
             (
                 "class attribute",
                 "mode = \"strict\"",
@@ -647,6 +1091,102 @@ def top(x=1):
             let after = BASE.replacen(from, to, 1);
             assert_eq!(changed(BASE, &after), *expected, "{what}");
         }
+    }
+
+    /// Which module-level assignments get a block of their own: literals
+    /// bound once, and only when nothing else can rebind the name.
+    #[test]
+    fn literal_assignments() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "A = 1\nB = 'x'\nC = (1, -2.5, None, True)\nD = {'k': [1, 2]}\nE = 60 * 60\nF = 'a' 'b'\n",
+                &["A", "B", "C", "D", "E", "F"],
+            ),
+            (
+                "A = f()\nB = A\nC = [i for i in ()]\nD = f'{A}'\nE: int = 1\nF = G = 1\n",
+                &[],
+            ),
+            ("A = 1\nA = 2\n", &[]),
+            ("A = 1\nA += 1\n", &[]),
+            ("A = 1\nfor A in (): pass\n", &[]),
+            (
+                "A = 1\ntry:\n    from x import A\nexcept ImportError:\n    pass\n",
+                &[],
+            ),
+            ("A = 1\ndef f():\n    global A\n    A = 2\n", &[]),
+            ("A = 1\nfrom x import *\n", &[]),
+            ("A = 1\ndef A(): pass\n", &[]),
+            ("A = 1\nimport os as A\n", &[]),
+            ("A = 1\nif (A := 2): pass\n", &[]),
+            ("__all__ = ['x']\nA = 1\nclass K:\n    A = 2\n", &["A"]),
+        ];
+        for (src, expected) in cases {
+            let parsed = parse(src.as_bytes());
+            assert_eq!(parsed.literals, *expected, "{src}");
+        }
+        // Pytest mode: test files keep everything in their blocks.
+        assert!(parse_as(b"A = 1\n", Mode::Pytest).literals.is_empty());
+    }
+
+    /// What each block mentions, and which blocks are reflective.
+    #[test]
+    fn mentions() {
+        let src = r#"import os
+from pkg import a, b as bee
+__all__ = ["hidden"]
+LIMIT = 10
+OTHER = LIMIT + 1
+
+@deco(DECO_ARG)
+def f(x=DEFAULT):
+    return helper(x) + CONST.attr + getattr(obj, "by_name")
+
+class K:
+    ATTR = CLASS_LEVEL
+    def m(self):
+        return eval("IN_STRING + 1")
+
+def reflect(mod, name):
+    return getattr(mod, name)
+
+def listing(mod):
+    return dir(mod)
+"#;
+        let parsed = parse(src.as_bytes());
+        let has =
+            |block: &str, name: &str| parsed.mentions.get(block).is_some_and(|m| m.contains(name));
+        for (block, name, expected) in [
+            ("<module>", "LIMIT", true),    // OTHER = LIMIT + 1
+            ("<module>", "DECO_ARG", true), // decorators run at import
+            ("<module>", "CLASS_LEVEL", true),
+            ("<module>", "a", false), // `from pkg import a`: uses mention it
+            ("<module>", "b", true),  // `b as bee`: uses mention only bee
+            ("<module>", "hidden", false),
+            ("<module>", "DEFAULT", false),
+            ("f", "DEFAULT", true), // a default: observed by callers
+            ("f", "helper", true),
+            ("f", "attr", true),
+            ("f", "by_name", true),
+            ("K.m", "IN_STRING", true),
+            ("K.m", "CLASS_LEVEL", false),
+        ] {
+            assert_eq!(has(block, name), expected, "{block} mentions {name}");
+        }
+        let reflective: Vec<&str> = parsed.reflective.iter().map(String::as_str).collect();
+        assert_eq!(reflective, ["K.m", "listing", "reflect"]);
+
+        let tests = r#"import pytest
+from app import CASES
+
+@pytest.mark.parametrize("a", CASES)
+def test_x(a, fixture_arg=DEFAULT):
+    assert a in BODY_ONLY
+"#;
+        let parsed = parse_as(tests.as_bytes(), Mode::Pytest);
+        let has =
+            |block: &str, name: &str| parsed.mentions.get(block).is_some_and(|m| m.contains(name));
+        assert!(has("test_x#header", "CASES") && has("test_x#header", "DEFAULT"));
+        assert!(has("test_x", "BODY_ONLY") && !has("test_x", "CASES"));
     }
 
     #[test]

@@ -622,6 +622,7 @@ impl Pytest {
         for result in &params.tests {
             let mut deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &result.deps)?;
             self.expand_imports(&mut deps, &imports);
+            self.add_literal_deps(ctx, &mut deps, false);
             tests.push((result, RepoPath::new(result.file.clone()), deps));
         }
         let mut collections = Vec::with_capacity(params.collection.len());
@@ -630,6 +631,7 @@ impl Pytest {
             let mut deps = self.resolve_deps(ctx, &resolver, &mut closures, clock, &c.deps)?;
             deps.extend(self.static_collection_deps(ctx, &resolver, &mut closures, &file));
             self.expand_imports(&mut deps, &imports);
+            self.add_literal_deps(ctx, &mut deps, true);
             collections.push((file, deps.into_iter().collect::<Vec<_>>()));
         }
         let imports: Vec<(RepoPath, Vec<Dep>)> = imports
@@ -746,6 +748,78 @@ impl Pytest {
                     work.push(f.clone());
                 }
                 deps.insert(dep);
+            }
+        }
+    }
+
+    /// Adds the literal module constants (`LIMIT = 10`, see
+    /// [`pyparse::LITERAL_PREFIX`]) of every module whose import-time code
+    /// is in `deps` that the code in `deps` mentions: function blocks that
+    /// ran, import-time code of the modules involved, and for a collection
+    /// (`collection`) the decorators and signatures of test files and
+    /// conftests. Code that cannot be read this way (a whole-file
+    /// dependency, an unparsable file, reflection) mentions every constant.
+    fn add_literal_deps(&mut self, ctx: &Ctx<'_>, deps: &mut BTreeSet<Dep>, collection: bool) {
+        let mut tree = self.current(ctx);
+        let mut reflective = false;
+        // (parsed file, mention key) of every block whose code counts.
+        let mut readers: Vec<(Arc<ParsedModule>, String)> = Vec::new();
+        let mut modules: Vec<(RepoPath, Option<ContentHash>, Arc<ParsedModule>)> = Vec::new();
+        for dep in deps.iter() {
+            let Dep::Code {
+                file,
+                file_hash,
+                block,
+                ..
+            } = dep
+            else {
+                continue;
+            };
+            let Some(parsed) = tree.parsed(file) else {
+                reflective = true;
+                continue;
+            };
+            match block.as_deref() {
+                None => {
+                    reflective = true;
+                    modules.push((file.clone(), *file_hash, parsed));
+                }
+                Some(b) if b.starts_with(pyparse::LITERAL_PREFIX) => {}
+                Some(b) => {
+                    if parsed.reflective.contains(b) {
+                        reflective = true;
+                    }
+                    if b == MODULE_BLOCK {
+                        if collection {
+                            for key in parsed.mentions.keys().filter(|k| k.ends_with("#header")) {
+                                if parsed.reflective.contains(key) {
+                                    reflective = true;
+                                }
+                                readers.push((parsed.clone(), key.clone()));
+                            }
+                        }
+                        modules.push((file.clone(), *file_hash, parsed.clone()));
+                    }
+                    readers.push((parsed, b.to_owned()));
+                }
+            }
+        }
+        for (file, file_hash, parsed) in modules {
+            for name in &parsed.literals {
+                let read = reflective
+                    || readers
+                        .iter()
+                        .any(|(p, key)| p.mentions.get(key).is_some_and(|m| m.contains(name)));
+                if read {
+                    let block = format!("{}{name}", pyparse::LITERAL_PREFIX);
+                    let hash = parsed.block(&block).map(|b| b.hash);
+                    deps.insert(Dep::Code {
+                        file: file.clone(),
+                        file_hash,
+                        block: Some(block),
+                        hash,
+                    });
+                }
             }
         }
     }
