@@ -858,11 +858,11 @@ fn count_bindings(
 fn is_literal(node: Node) -> bool {
     let all = |n: Node| {
         let mut cursor = n.walk();
-        let ok = n
-            .named_children(&mut cursor)
+        let children: Vec<Node> = n.named_children(&mut cursor).collect();
+        children
+            .into_iter()
             .filter(|c| c.kind() != "comment")
-            .all(is_literal);
-        ok
+            .all(is_literal)
     };
     match node.kind() {
         "integer" | "float" | "true" | "false" | "none" | "ellipsis" => true,
