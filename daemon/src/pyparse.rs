@@ -593,28 +593,14 @@ impl<'s> Walker<'s> {
             "function_definition" => {
                 self.blocks.push(qualname.clone());
                 let body = def.child_by_field_name("body");
-                let mut cursor = node.walk();
-                let outer: Vec<Node> = if node == def {
-                    vec![def]
-                } else {
-                    node.children(&mut cursor).collect()
-                };
-                for child in outer {
-                    if child != def {
-                        self.walk(child, &Scope::Function, &mut acc);
-                        continue;
+                for part in definition_parts(node, def) {
+                    let is_body = Some(part) == body;
+                    if is_body {
+                        self.targets.push(qualname.clone());
                     }
-                    let mut cursor = def.walk();
-                    let parts: Vec<Node> = def.children(&mut cursor).collect();
-                    for part in parts {
-                        let is_body = Some(part) == body;
-                        if is_body {
-                            self.targets.push(qualname.clone());
-                        }
-                        self.walk(part, &Scope::Function, &mut acc);
-                        if is_body {
-                            self.targets.pop();
-                        }
+                    self.walk(part, &Scope::Function, &mut acc);
+                    if is_body {
+                        self.targets.pop();
                     }
                 }
                 self.blocks.pop();
@@ -625,26 +611,11 @@ impl<'s> Walker<'s> {
                     prefix: format!("{qualname}."),
                     standalone: true,
                 };
-                // Decorators (when decorated), then the class header and body.
-                let mut cursor = node.walk();
-                let outer: Vec<Node> = if node == def {
-                    vec![def]
-                } else {
-                    node.children(&mut cursor).collect()
-                };
-                for child in outer {
-                    if child != def {
-                        self.walk(child, &Scope::Function, &mut acc);
-                        continue;
-                    }
-                    let mut cursor = def.walk();
-                    let parts: Vec<Node> = def.children(&mut cursor).collect();
-                    for part in parts {
-                        if Some(part) == body {
-                            self.tokens(part, &inner, &mut acc);
-                        } else {
-                            self.walk(part, &Scope::Function, &mut acc);
-                        }
+                for part in definition_parts(node, def) {
+                    if Some(part) == body {
+                        self.tokens(part, &inner, &mut acc);
+                    } else {
+                        self.walk(part, &Scope::Function, &mut acc);
                     }
                 }
             }
@@ -715,6 +686,19 @@ impl<'s> Walker<'s> {
         }
         found
     }
+}
+
+/// In source order: the decorators of `node` (when it is a decorated
+/// definition), then the children of the definition `def` itself.
+fn definition_parts<'t>(node: Node<'t>, def: Node<'t>) -> Vec<Node<'t>> {
+    let mut parts = Vec::new();
+    if node != def {
+        let mut cursor = node.walk();
+        parts.extend(node.children(&mut cursor).filter(|c| *c != def));
+    }
+    let mut cursor = def.walk();
+    parts.extend(def.children(&mut cursor));
+    parts
 }
 
 /// Module-level statements `NAME = <literal>` whose name no other

@@ -480,25 +480,20 @@ impl Store {
 
     /// What each project module's import ran, as last recorded.
     pub fn load_imports(&self) -> Result<Vec<CollectionRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT file, depset_id, env_id, run_id FROM module_import")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(CollectionRow {
-                file: RepoPath::new(r.get::<_, String>(0)?),
-                depset: r.get(1)?,
-                env: r.get(2)?,
-                run: r.get::<_, i64>(3)? as u64,
-                current_format: true,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        // Import records exist only in the current format.
+        self.load_file_records(&format!(
+            "SELECT file, depset_id, env_id, run_id, {DEPS_VERSION} FROM module_import"
+        ))
     }
 
     pub fn load_collections(&self) -> Result<Vec<CollectionRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT file, depset_id, env_id, run_id, deps_version FROM collection")?;
+        self.load_file_records(
+            "SELECT file, depset_id, env_id, run_id, deps_version FROM collection",
+        )
+    }
+
+    fn load_file_records(&self, query: &str) -> Result<Vec<CollectionRow>, StoreError> {
+        let mut stmt = self.conn.prepare(query)?;
         let rows = stmt.query_map([], |r| {
             Ok(CollectionRow {
                 file: RepoPath::new(r.get::<_, String>(0)?),
