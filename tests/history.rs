@@ -159,3 +159,46 @@ fn records_in_an_older_format_make_their_tests_run_again() {
     );
     assert_eq!(history(&p, "tests/test_a.py::test_one"), [1, 2]);
 }
+
+/// `tim stats` from real runs: a test whose outcome changes while nothing
+/// it depends on does (it reads an environment variable, which is not a
+/// dependency) is flaky; failures are counted.
+#[test]
+fn stats_show_slow_flaky_and_failing_tests() {
+    let mut p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"stats\"\nversion = \"0\"\n",
+        ),
+        (
+            "tests/test_s.py",
+            "import os\n\n\ndef test_env():\n    assert os.environ.get(\"TIM_IT_FLAKY\") != \"1\"\n\n\ndef test_steady():\n    assert True\n",
+        ),
+    ]);
+    p.env("TIM_PYTHON", &test_python());
+    let empty = p.tim_ok(&["stats"]);
+    assert!(empty.contains("no test has been recorded yet"), "{empty}");
+    p.tim_ok(&["run", "--all"]);
+    p.env("TIM_IT_FLAKY", "1");
+    assert_eq!(p.tim(&["run", "--all"]).status.code(), Some(1));
+    p.env("TIM_IT_FLAKY", "0");
+    p.tim_ok(&["run", "--all"]);
+
+    let s = p.tim_json(&["stats", "--json"]);
+    assert_eq!(
+        (s["known"].as_u64(), s["runs"].as_u64()),
+        (Some(2), Some(3)),
+        "{s}"
+    );
+    assert_eq!(s["slowest"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s["flaky"][0]["id"], "tests/test_s.py::test_env", "{s}");
+    assert_eq!(s["flaky"][0]["flips"], 2, "{s}");
+    assert_eq!(s["flaky"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["failing"][0]["failures"], 1, "{s}");
+    assert_eq!(s["failing"][0]["results"], 3, "{s}");
+    let text = p.tim_ok(&["stats", "--limit", "1"]);
+    assert!(
+        text.contains("2 known tests, 3 recorded runs") && text.contains("2 flips in 3 results"),
+        "{text}"
+    );
+}

@@ -82,6 +82,14 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Show what the timing and outcome history says: slowest, slowing, flaky and failing tests.
+    Stats {
+        /// Entries per list.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show the daemon, the tracked files and what changed since the last recorded run.
     Status(JsonFlag),
     /// List files changed since a clock (from `tim status --json` or an earlier `tim changes`).
@@ -220,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pytest::affected(&layout, python.as_deref(), json.json)
         }
         Command::Why { test, json } => pytest::why(&layout, test, json.json),
+        Command::Stats { limit, json } => pytest::stats(&layout, limit, json.json),
         Command::Status(flag) => status(&layout, flag.json),
         Command::Changes { since, json } => changes(&layout, since, json.json),
         Command::Daemon { action } => daemon(&layout, action),

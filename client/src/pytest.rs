@@ -11,7 +11,10 @@ use crate::runner::{Plan, RunPlan, Runner, Scope};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tim_proto::layout::Layout;
-use tim_proto::{AffectedParams, AffectedReply, Order, Request, Response, WhyParams, WhyReply};
+use tim_proto::{
+    AffectedParams, AffectedReply, Order, Request, Response, StatsParams, StatsReply, WhyParams,
+    WhyReply,
+};
 
 /// The plugin's files, embedded at build time.
 const PLUGIN: &[(&str, &str)] = &[
@@ -447,6 +450,78 @@ pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::R
 }
 
 /// `tim why TEST`.
+/// `tim stats`: the history's slowest, slowing, flaky and failing tests.
+pub fn stats(layout: &Layout, limit: u32, json: bool) -> anyhow::Result<u8> {
+    let mut conn = connect::connect(layout)?;
+    let params = StatsParams { limit: Some(limit) };
+    let (reply, warnings): (StatsReply, _) =
+        request(&mut conn, Request::Stats(params), |r| match r {
+            Response::Stats(s) => Some(s),
+            _ => None,
+        })?;
+    if json {
+        crate::print_json(&crate::with_warnings(&reply, &warnings))?;
+        return Ok(exit::OK);
+    }
+    print_warnings(&warnings);
+    if reply.known == 0 {
+        println!("no test has been recorded yet: run `tim run --all` first");
+        return Ok(exit::OK);
+    }
+    println!("{} known tests, {} recorded runs", reply.known, reply.runs);
+    println!("\nslowest (median over their history):");
+    for t in &reply.slowest {
+        println!(
+            "  {:>8}  {}  (last {}, {} results)",
+            seconds_words(t.median_seconds),
+            t.id,
+            seconds_words(t.last_seconds),
+            t.results
+        );
+    }
+    section(
+        "getting slower (older half → newer half of their history):",
+        &reply.slower,
+        |t| {
+            format!(
+                "  {} → {}  {}",
+                seconds_words(t.before_seconds),
+                seconds_words(t.after_seconds),
+                t.id
+            )
+        },
+    );
+    section(
+        "flaky (outcome changed while nothing they depend on did):",
+        &reply.flaky,
+        |t| format!("  {:>3} flips in {} results  {}", t.flips, t.results, t.id),
+    );
+    section(
+        "failing (failed or errored in their history):",
+        &reply.failing,
+        |t| {
+            format!(
+                "  {:>3}% ({} of {})  {}",
+                100 * t.failures / t.results.max(1),
+                t.failures,
+                t.results,
+                t.id
+            )
+        },
+    );
+    Ok(exit::OK)
+}
+
+fn section<T>(title: &str, items: &[T], line: impl Fn(&T) -> String) {
+    println!("\n{title}");
+    if items.is_empty() {
+        println!("  none");
+    }
+    for item in items {
+        println!("{}", line(item));
+    }
+}
+
 pub fn why(layout: &Layout, test: String, json: bool) -> anyhow::Result<u8> {
     let mut conn = connect::connect(layout)?;
     let (reply, warnings): (WhyReply, _) =

@@ -68,6 +68,7 @@ pub enum Query {
     EndRun(tim_proto::EndRunParams),
     Affected(tim_proto::AffectedParams),
     Why(tim_proto::WhyParams),
+    Stats(tim_proto::StatsParams),
 }
 
 pub type SubscriptionId = u64;
@@ -625,6 +626,7 @@ impl Core {
             }
             Query::Affected(params) => Response::Affected(self.pytest.affected(&mut ctx, params)),
             Query::Why(params) => Response::Why(self.pytest.why(&mut ctx, params)),
+            Query::Stats(params) => Response::Stats(self.pytest.stats(&ctx, params)?),
         })
     }
 

@@ -22,6 +22,7 @@ pub mod pyparse;
 pub mod pytest;
 pub mod scan;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod watch;
 

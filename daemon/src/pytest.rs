@@ -23,7 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tim_proto::{
     AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
-    Order, Outcome, RecordParams, RunMode, SelectParams, Selection, WhyDep, WhyParams, WhyReply,
+    Order, Outcome, RecordParams, RunMode, SelectParams, Selection, StatsParams, StatsReply,
+    WhyDep, WhyParams, WhyReply,
 };
 
 /// pytest configuration files whose change can alter any test.
@@ -1359,6 +1360,17 @@ impl Pytest {
             })
             .collect();
         reply(tests, collect, None, unaffected_seconds)
+    }
+
+    pub fn stats(&self, ctx: &Ctx<'_>, params: StatsParams) -> Result<StatsReply, PytestError> {
+        let rows = ctx.store.all_results()?;
+        let limit = params.limit.unwrap_or(10) as usize;
+        Ok(crate::stats::stats(
+            &rows,
+            self.tests.len() as u64,
+            ctx.store.run_count()?,
+            limit,
+        ))
     }
 
     pub fn why(&mut self, ctx: &mut Ctx<'_>, params: WhyParams) -> WhyReply {

@@ -200,7 +200,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Err(e) => {
                 let message = match e.code() {
                     ErrorCode::UnknownRequest => format!(
-                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why",
+                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats",
                         server.identity.daemon_version
                     ),
                     _ => e.to_string(),
@@ -287,6 +287,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Request::EndRun(p) => query(&server, writer, id, Query::EndRun(p)).await?,
             Request::Affected(p) => query(&server, writer, id, Query::Affected(p)).await?,
             Request::Why(p) => query(&server, writer, id, Query::Why(p)).await?,
+            Request::Stats(p) => query(&server, writer, id, Query::Stats(p)).await?,
         }
     }
 }

@@ -558,6 +558,32 @@ impl Store {
             .optional()?)
     }
 
+    /// Every result kept, grouped by test and oldest first within a test,
+    /// for statistics.
+    pub fn all_results(&self) -> Result<Vec<ResultRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node_id, run_id, outcome, setup_s + call_s + teardown_s, deps_digest FROM result
+             ORDER BY node_id, run_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ResultRow {
+                node_id: r.get(0)?,
+                run: r.get::<_, i64>(1)? as u64,
+                outcome: r.get(2)?,
+                seconds: r.get(3)?,
+                deps_digest: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many runs are recorded.
+    pub fn run_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM run", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// A test's history, newest first: (run, outcome, setup/call/teardown
     /// seconds).
     pub fn history(&self, node_id: &str) -> Result<Vec<HistoryRow>, StoreError> {
@@ -638,8 +664,8 @@ impl Store {
                    deps_version = excluded.deps_version",
             )?;
             let mut history = tx.prepare_cached(
-                "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s, deps_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             // Rows older than the `keep`-th newest; an index range per test.
             let mut trim = tx.prepare_cached(
@@ -647,7 +673,10 @@ impl Store {
                    (SELECT run_id FROM result WHERE node_id = ?1 ORDER BY run_id DESC LIMIT 1 OFFSET ?2)",
             )?;
             for t in tests {
-                let set = intern(&tx, "depset", &encode_deps(t.deps).to_string())?;
+                let data = encode_deps(t.deps).to_string();
+                let hash = blake3::hash(data.as_bytes());
+                let digest = &hash.as_bytes()[..16];
+                let set = intern(&tx, "depset", &data)?;
                 upsert.execute(params![
                     t.node_id,
                     t.file.as_str(),
@@ -666,7 +695,8 @@ impl Store {
                     t.outcome,
                     t.durations[0],
                     t.durations[1],
-                    t.durations[2]
+                    t.durations[2],
+                    digest
                 ])?;
                 trim.execute(params![t.node_id, keep.max(1) - 1])?;
                 test_sets.push(set);
@@ -800,6 +830,18 @@ pub struct RunInfo {
     pub selected: Option<u64>,
     pub known: Option<u64>,
     pub git_commit: Option<String>,
+}
+
+/// One result kept, for statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResultRow {
+    pub node_id: String,
+    pub run: u64,
+    pub outcome: String,
+    /// setup + call + teardown.
+    pub seconds: f64,
+    /// Which dependencies it ran with (`None`: recorded before tim kept it).
+    pub deps_digest: Option<Vec<u8>>,
 }
 
 /// One past result of a test.

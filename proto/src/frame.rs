@@ -105,6 +105,7 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::EndRun(x) => data(x),
         Request::Affected(x) => data(x),
         Request::Why(x) => data(x),
+        Request::Stats(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -130,6 +131,7 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "end_run" => Request::EndRun(parse(env)?),
         "affected" => Request::Affected(parse(env)?),
         "why" => Request::Why(parse(env)?),
+        "stats" => Request::Stats(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",
@@ -158,6 +160,7 @@ pub fn encode_response(frame: &ResponseFrame) -> Vec<u8> {
         Response::Selection(x) => data(x),
         Response::Affected(x) => data(x),
         Response::Why(x) => data(x),
+        Response::Stats(x) => data(x),
     };
     to_line(&Envelope {
         id: frame.id,
@@ -184,6 +187,7 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
         "selection" => Response::Selection(parse(env)?),
         "affected" => Response::Affected(parse(env)?),
         "why" => Response::Why(parse(env)?),
+        "stats" => Response::Stats(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "response",

@@ -21,6 +21,8 @@ pub const DAEMON_CAPABILITIES: &[&str] = &[
     "selection",
     "affected",
     "why",
+    // Protocol 1.2: timing and outcome history.
+    "stats",
 ];
 
 /// A request from a client, with the id its response will carry.
@@ -58,6 +60,9 @@ pub enum Request {
     Affected(AffectedParams),
     /// 1.1: what one test depends on and why it is or is not affected.
     Why(WhyParams),
+    /// 1.2: what the history says: slowest, slowing, flaky and failing
+    /// tests.
+    Stats(StatsParams),
 }
 
 impl Request {
@@ -74,6 +79,7 @@ impl Request {
             Request::EndRun(_) => "end_run",
             Request::Affected(_) => "affected",
             Request::Why(_) => "why",
+            Request::Stats(_) => "stats",
         }
     }
 }
@@ -132,6 +138,7 @@ pub enum Response {
     Selection(Selection),
     Affected(AffectedReply),
     Why(WhyReply),
+    Stats(StatsReply),
 }
 
 impl Response {
@@ -148,6 +155,7 @@ impl Response {
             Response::Selection(_) => "selection",
             Response::Affected(_) => "affected",
             Response::Why(_) => "why",
+            Response::Stats(_) => "stats",
         }
     }
 }
@@ -607,4 +615,64 @@ pub struct DaemonInfo {
     pub protocol: ProtocolVersion,
     pub daemon_version: String,
     pub started_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsParams {
+    /// Entries per list (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// What the timing and outcome history says. Durations are setup + call +
+/// teardown seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Tests with a record.
+    pub known: u64,
+    /// Runs recorded.
+    pub runs: u64,
+    /// Slowest first, by their median duration over the history kept.
+    pub slowest: Vec<SlowTest>,
+    /// Tests whose recent results take longest compared with their earlier
+    /// ones (at least 4 results, 1.5x and 10 ms slower).
+    pub slower: Vec<SlowerTest>,
+    /// Tests whose outcome changed between two consecutive results while
+    /// everything they depend on stayed the same.
+    pub flaky: Vec<FlakyTest>,
+    /// Tests that failed (or errored) in their history, most often first.
+    pub failing: Vec<FailingTest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlowTest {
+    pub id: String,
+    pub median_seconds: f64,
+    pub last_seconds: f64,
+    pub results: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlowerTest {
+    pub id: String,
+    /// Median of the older half of the history kept.
+    pub before_seconds: f64,
+    /// Median of the newer half.
+    pub after_seconds: f64,
+    pub results: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlakyTest {
+    pub id: String,
+    /// Outcome changes with the same dependencies.
+    pub flips: u32,
+    pub results: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailingTest {
+    pub id: String,
+    pub failures: u32,
+    pub results: u32,
 }
