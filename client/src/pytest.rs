@@ -450,20 +450,36 @@ pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::R
 }
 
 /// `tim why TEST`.
-/// `tim stats`: the history's slowest, slowing, flaky and failing tests.
-pub fn stats(layout: &Layout, limit: u32, json: bool) -> anyhow::Result<u8> {
+/// Asks the daemon one question. With `json`, prints the answer (and its
+/// warnings) as JSON and returns `None`; else prints the warnings and
+/// returns the answer for the caller to print.
+fn answer<T: serde::Serialize>(
+    layout: &Layout,
+    question: Request,
+    pick: impl FnOnce(Response) -> Option<T>,
+    json: bool,
+) -> anyhow::Result<Option<T>> {
     let mut conn = connect::connect(layout)?;
-    let params = StatsParams { limit: Some(limit) };
-    let (reply, warnings): (StatsReply, _) =
-        request(&mut conn, Request::Stats(params), |r| match r {
-            Response::Stats(s) => Some(s),
-            _ => None,
-        })?;
+    let (reply, warnings) = request(&mut conn, question, pick)?;
     if json {
         crate::print_json(&crate::with_warnings(&reply, &warnings))?;
-        return Ok(exit::OK);
+        return Ok(None);
     }
     print_warnings(&warnings);
+    Ok(Some(reply))
+}
+
+/// `tim stats`: the history's slowest, slowing, flaky and failing tests.
+pub fn stats(layout: &Layout, limit: u32, json: bool) -> anyhow::Result<u8> {
+    let params = StatsParams { limit: Some(limit) };
+    let pick = |r| match r {
+        Response::Stats(s) => Some(s),
+        _ => None,
+    };
+    let Some(reply): Option<StatsReply> = answer(layout, Request::Stats(params), pick, json)?
+    else {
+        return Ok(exit::OK);
+    };
     if reply.known == 0 {
         println!("no test has been recorded yet: run `tim run --all` first");
         return Ok(exit::OK);
@@ -523,17 +539,15 @@ fn section<T>(title: &str, items: &[T], line: impl Fn(&T) -> String) {
 }
 
 pub fn why(layout: &Layout, test: String, json: bool) -> anyhow::Result<u8> {
-    let mut conn = connect::connect(layout)?;
-    let (reply, warnings): (WhyReply, _) =
-        request(&mut conn, Request::Why(WhyParams { test }), |r| match r {
-            Response::Why(w) => Some(w),
-            _ => None,
-        })?;
-    if json {
-        crate::print_json(&crate::with_warnings(&reply, &warnings))?;
+    let pick = |r| match r {
+        Response::Why(w) => Some(w),
+        _ => None,
+    };
+    let Some(reply): Option<WhyReply> =
+        answer(layout, Request::Why(WhyParams { test }), pick, json)?
+    else {
         return Ok(exit::OK);
-    }
-    print_warnings(&warnings);
+    };
     if !reply.known {
         println!(
             "{}: not recorded yet, so it is affected (it runs as a new test)",
