@@ -202,3 +202,108 @@ fn stats_show_slow_flaky_and_failing_tests() {
         "{text}"
     );
 }
+
+/// `tim run --junit FILE` writes pytest's report of the tests it ran (an
+/// empty one when nothing is affected), and `tim import-junit` reads it
+/// back into the history: a round trip.
+#[test]
+fn junit_out_and_back_in() {
+    let mut p = Project::with_files(SUITE);
+    p.env("TIM_PYTHON", &test_python());
+    let report = p.path("out/report.xml");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    p.tim_ok(&["run", "--all", "--junit", report.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&report).unwrap();
+    let parsed = quick_junit::Report::deserialize_from_str(&text).unwrap();
+    let cases: Vec<String> = parsed
+        .test_suites
+        .iter()
+        .flat_map(|s| s.test_cases.iter().map(|c| c.name.as_str().to_owned()))
+        .collect();
+    assert_eq!(cases, ["test_one", "test_other"], "{text}");
+
+    // Nothing affected: no pytest, still a report (empty).
+    std::fs::remove_file(&report).unwrap();
+    p.tim_ok(&["run", "--junit", report.to_str().unwrap()]);
+    let empty =
+        quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&report).unwrap())
+            .unwrap();
+    assert_eq!(empty.tests, 0);
+
+    // Back in: the report of the first run becomes a run of the history.
+    p.tim_ok(&["run", "--all", "--junit", report.to_str().unwrap()]);
+    let out = p.tim_ok(&["import-junit", report.to_str().unwrap()]);
+    assert!(out.contains("2 results imported"), "{out}");
+    assert_eq!(history(&p, "tests/test_a.py::test_one"), [2, 3]); // keep = 2
+    let s = p.tim_json(&["stats", "--json"]);
+    assert_eq!(s["runs"], 3, "{s}");
+}
+
+/// A report written by plain pytest (no tim) seeds the history: classes and
+/// parameters map to node ids, failures and skips are kept.
+#[test]
+fn importing_a_report_of_plain_pytest() {
+    let p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"imp\"\nversion = \"0\"\n",
+        ),
+        (
+            "tests/test_i.py",
+            "import pytest\n\n\nclass TestK:\n    @pytest.mark.parametrize('n', [1, 2])\n    def test_m(self, n):\n        assert n < 2\n\n\n@pytest.mark.skip\ndef test_skipped():\n    pass\n",
+        ),
+    ]);
+    let out = std::process::Command::new(test_python())
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "--junitxml=plain.xml",
+            "-p",
+            "no:cacheprovider",
+        ])
+        .current_dir(p.path(""))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let imported = p.tim_ok(&["import-junit", "plain.xml"]);
+    assert!(imported.contains("3 results imported"), "{imported}");
+    let conn = rusqlite::Connection::open(p.path(".tim/tim.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT node_id, outcome FROM result ORDER BY node_id")
+        .unwrap();
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                "tests/test_i.py::TestK::test_m[1]".to_owned(),
+                "passed".to_owned()
+            ),
+            (
+                "tests/test_i.py::TestK::test_m[2]".to_owned(),
+                "failed".to_owned()
+            ),
+            (
+                "tests/test_i.py::test_skipped".to_owned(),
+                "skipped".to_owned()
+            ),
+        ]
+    );
+    let bad = p.tim(&["import-junit", "pyproject.toml"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a JUnit XML report"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod error;
+pub mod junit;
 pub mod pytest;
 pub mod runner;
 mod term;
@@ -48,6 +49,9 @@ enum Command {
         /// The order of the tests (default: `run.order` in tim.toml, else quick-feedback: failed last time, new, then fastest first).
         #[arg(long, value_enum)]
         order: Option<pytest::OrderArg>,
+        /// Write a JUnit XML report of the tests run to FILE (an empty one when nothing is affected).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         /// The Python interpreter to run pytest with (default: $TIM_PYTHON, the active or the root's virtualenv, python3).
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
@@ -81,6 +85,12 @@ enum Command {
         test: String,
         #[command(flatten)]
         json: JsonFlag,
+    },
+    /// Add the results in JUnit XML reports (from any runner, e.g. CI artifacts) to the timing and outcome history.
+    ImportJunit {
+        /// JUnit XML files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
     /// Show what the timing and outcome history says: slowest, slowing, flaky and failing tests.
     Stats {
@@ -193,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             affected: _,
             all,
             order,
+            junit,
             python,
             pytest_args,
         } => {
@@ -202,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 pytest::RunArgs {
                     all,
                     order: order.map(Into::into),
+                    junit,
                     python,
                     pytest_args,
                     command_line,
@@ -229,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Why { test, json } => pytest::why(&layout, test, json.json),
         Command::Stats { limit, json } => pytest::stats(&layout, limit, json.json),
+        Command::ImportJunit { files } => pytest::import_junit(&layout, &files),
         Command::Status(flag) => status(&layout, flag.json),
         Command::Changes { since, json } => changes(&layout, since, json.json),
         Command::Daemon { action } => daemon(&layout, action),

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tim_proto::layout::Layout;
 use tim_proto::{
-    AffectedParams, AffectedReply, Order, Request, Response, StatsParams, StatsReply, WhyParams,
-    WhyReply,
+    AffectedParams, AffectedReply, ImportResultsParams, Order, Request, Response, StatsParams,
+    StatsReply, WhyParams, WhyReply,
 };
 
 /// The plugin's files, embedded at build time.
@@ -139,6 +139,7 @@ pub fn affected_query(
 pub struct RunArgs {
     pub all: bool,
     pub order: Option<Order>,
+    pub junit: Option<PathBuf>,
     pub python: Option<PathBuf>,
     pub pytest_args: Vec<String>,
     pub command_line: String,
@@ -308,8 +309,19 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     } else {
         Scope::Affected
     };
+    // Relative to where the user is, not to the root pytest runs in.
+    let junit = match &args.junit {
+        Some(path) => Some(
+            std::path::absolute(path)
+                .map_err(|e| ClientError::io(format!("cannot use {}", path.display()), e))?,
+        ),
+        None => None,
+    };
     let plan = match runner.plan(&mut conn, &scope)? {
         Plan::Nothing(line) => {
+            if let Some(junit) = &junit {
+                crate::junit::write_empty(junit)?;
+            }
             println!("{line}");
             return Ok(exit::OK);
         }
@@ -317,8 +329,14 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     };
     drop(conn);
     eprintln!("{}", plan.summary);
+    let mut pytest_args = args.pytest_args.clone();
+    if let Some(junit) = &junit {
+        let mut arg = std::ffi::OsString::from("--junitxml=");
+        arg.push(junit);
+        pytest_args.push(arg.to_string_lossy().into_owned());
+    }
     let status = runner
-        .command(&plan, &args.pytest_args)?
+        .command(&plan, &pytest_args)?
         .status()
         .map_err(|e| cannot_run(runner.python(), e))?;
     if let Some(footer) = &plan.footer
@@ -467,6 +485,31 @@ fn answer<T: serde::Serialize>(
     }
     print_warnings(&warnings);
     Ok(Some(reply))
+}
+
+/// `tim import-junit FILE...`: each report's results become a run of the
+/// history.
+pub fn import_junit(layout: &Layout, files: &[PathBuf]) -> anyhow::Result<u8> {
+    // Read everything first: a bad file imports nothing.
+    let mut reports = Vec::new();
+    for file in files {
+        reports.push((file, crate::junit::read(file, &layout.root)?));
+    }
+    let mut conn = connect::connect(layout)?;
+    for (file, results) in reports {
+        let count = results.len();
+        let params = ImportResultsParams {
+            source: format!("tim import-junit {}", file.display()),
+            results,
+        };
+        let (_, warnings) = request(&mut conn, Request::ImportResults(params), |r| match r {
+            Response::Ok(_) => Some(()),
+            _ => None,
+        })?;
+        print_warnings(&warnings);
+        println!("{}: {} imported", file.display(), plural(count, "result"));
+    }
+    Ok(exit::OK)
 }
 
 /// `tim stats`: the history's slowest, slowing, flaky and failing tests.

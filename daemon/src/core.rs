@@ -69,6 +69,7 @@ pub enum Query {
     Affected(tim_proto::AffectedParams),
     Why(tim_proto::WhyParams),
     Stats(tim_proto::StatsParams),
+    ImportResults(tim_proto::ImportResultsParams),
 }
 
 pub type SubscriptionId = u64;
@@ -627,6 +628,10 @@ impl Core {
             Query::Affected(params) => Response::Affected(self.pytest.affected(&mut ctx, params)),
             Query::Why(params) => Response::Why(self.pytest.why(&mut ctx, params)),
             Query::Stats(params) => Response::Stats(self.pytest.stats(&ctx, params)?),
+            Query::ImportResults(params) => {
+                self.pytest.import_results(&mut ctx, params)?;
+                Response::Ok(tim_proto::OkReply {})
+            }
         })
     }
 

@@ -23,8 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tim_proto::{
     AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
-    Order, Outcome, RecordParams, RunMode, SelectParams, Selection, StatsParams, StatsReply,
-    WhyDep, WhyParams, WhyReply,
+    ImportResultsParams, Order, Outcome, RecordParams, RunMode, SelectParams, Selection,
+    StatsParams, StatsReply, WhyDep, WhyParams, WhyReply,
 };
 
 /// pytest configuration files whose change can alter any test.
@@ -1360,6 +1360,23 @@ impl Pytest {
             })
             .collect();
         reply(tests, collect, None, unaffected_seconds)
+    }
+
+    pub fn import_results(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        params: ImportResultsParams,
+    ) -> Result<(), PytestError> {
+        let results: Vec<(&str, &str, f64)> = params
+            .results
+            .iter()
+            .map(|r| (r.id.as_str(), r.outcome.as_str(), r.seconds.max(0.0)))
+            .collect();
+        let run = ctx
+            .store
+            .import_results(&params.source, &results, ctx.history_keep)?;
+        tracing::info!(run, results = results.len(), source = %params.source, "results imported");
+        Ok(())
     }
 
     pub fn stats(&self, ctx: &Ctx<'_>, params: StatsParams) -> Result<StatsReply, PytestError> {

@@ -524,6 +524,42 @@ impl Store {
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
+    /// Results from elsewhere (a JUnit report): a finished run of mode
+    /// `import` with a history row per result (the whole duration as call
+    /// time, no dependencies), each test trimmed to its `keep` newest.
+    /// Returns the run's id.
+    pub fn import_results(
+        &mut self,
+        source: &str,
+        results: &[(&str, &str, f64)],
+        keep: u32,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let now = now_ms() as i64;
+        tx.execute(
+            "INSERT INTO run (started_at_ms, finished_at_ms, clock_seq, command, mode, exit_status, selected)
+             VALUES (?1, ?1, ?2, ?3, 'import', 0, ?4)",
+            params![now, self.seq as i64, source, results.len() as i64],
+        )?;
+        let run = tx.last_insert_rowid();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s)
+                 VALUES (?1, ?2, ?3, 0, ?4, 0)",
+            )?;
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM result WHERE node_id = ?1 AND run_id <
+                   (SELECT run_id FROM result WHERE node_id = ?1 ORDER BY run_id DESC LIMIT 1 OFFSET ?2)",
+            )?;
+            for (id, outcome, seconds) in results {
+                insert.execute(params![run, id, outcome, seconds])?;
+                trim.execute(params![id, keep.max(1) - 1])?;
+            }
+        }
+        tx.commit()?;
+        Ok(run as u64)
+    }
+
     /// How many tests a run selected (once its first process selected).
     pub fn set_run_selected(&mut self, run: u64, selected: u64) -> Result<(), StoreError> {
         self.conn.execute(

@@ -106,6 +106,7 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::Affected(x) => data(x),
         Request::Why(x) => data(x),
         Request::Stats(x) => data(x),
+        Request::ImportResults(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -132,6 +133,7 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "affected" => Request::Affected(parse(env)?),
         "why" => Request::Why(parse(env)?),
         "stats" => Request::Stats(parse(env)?),
+        "import_results" => Request::ImportResults(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",

@@ -23,6 +23,7 @@ pub const DAEMON_CAPABILITIES: &[&str] = &[
     "why",
     // Protocol 1.2: timing and outcome history.
     "stats",
+    "import_results",
 ];
 
 /// A request from a client, with the id its response will carry.
@@ -63,6 +64,9 @@ pub enum Request {
     /// 1.2: what the history says: slowest, slowing, flaky and failing
     /// tests.
     Stats(StatsParams),
+    /// 1.2: adds results from elsewhere (a JUnit report) to the history, as
+    /// a run of their own; answers `ok`.
+    ImportResults(ImportResultsParams),
 }
 
 impl Request {
@@ -80,6 +84,7 @@ impl Request {
             Request::Affected(_) => "affected",
             Request::Why(_) => "why",
             Request::Stats(_) => "stats",
+            Request::ImportResults(_) => "import_results",
         }
     }
 }
@@ -675,4 +680,21 @@ pub struct FailingTest {
     pub id: String,
     pub failures: u32,
     pub results: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImportResultsParams {
+    /// Where the results come from, for the run's command, e.g.
+    /// `tim import-junit ci/report.xml`.
+    pub source: String,
+    pub results: Vec<ImportedResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImportedResult {
+    /// The test's id (a pytest node id when it could be derived).
+    pub id: String,
+    pub outcome: Outcome,
+    /// The whole test's duration; recorded as its call time.
+    pub seconds: f64,
 }

@@ -1,0 +1,124 @@
+//! JUnit XML in and out. **The only user of quick-junit.**
+//!
+//! Out: pytest writes the report of the tests it runs (`--junitxml`); when
+//! nothing is affected and no pytest starts, tim writes an empty report, so
+//! a CI step that collects the file always finds one. In: any runner's
+//! report becomes results for the history, with pytest node ids where the
+//! `classname` leads to a file under the root.
+
+use crate::error::ClientError;
+use quick_junit::{NonSuccessKind, Report, TestCaseStatus};
+use std::path::Path;
+use tim_proto::{ImportedResult, Outcome};
+
+/// Writes a report with no test in it.
+pub fn write_empty(path: &Path) -> Result<(), ClientError> {
+    let report = Report::new("tim");
+    let text = report
+        .to_string()
+        .map_err(|e| ClientError::Usage(format!("cannot build an empty JUnit report: {e}")))?;
+    std::fs::write(path, text)
+        .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// The results in the JUnit report at `path`, ids resolved against `root`.
+pub fn read(path: &Path, root: &Path) -> Result<Vec<ImportedResult>, ClientError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::io(format!("cannot read {}", path.display()), e))?;
+    let report = Report::deserialize_from_str(&text).map_err(|e| {
+        ClientError::Usage(format!(
+            "{} is not a JUnit XML report ({e}); pass the file a test runner wrote with --junitxml or equivalent",
+            path.display()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for suite in &report.test_suites {
+        for case in &suite.test_cases {
+            let outcome = match &case.status {
+                TestCaseStatus::Success { .. } => Outcome::Passed,
+                TestCaseStatus::NonSuccess {
+                    kind: NonSuccessKind::Failure,
+                    ..
+                } => Outcome::Failed,
+                TestCaseStatus::NonSuccess {
+                    kind: NonSuccessKind::Error,
+                    ..
+                } => Outcome::Error,
+                TestCaseStatus::Skipped { .. } => Outcome::Skipped,
+            };
+            out.push(ImportedResult {
+                id: node_id(
+                    case.classname.as_ref().map(|c| c.as_str()),
+                    case.name.as_str(),
+                    root,
+                ),
+                outcome,
+                seconds: case.time.map_or(0.0, |t| t.as_secs_f64()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// pytest's `classname` is the module's dotted path, then any classes:
+/// `tests.test_io.TestLoad` + `test_load` is `tests/test_io.py::TestLoad::test_load`
+/// when `tests/test_io.py` exists under the root. Anything else is kept as
+/// `classname::name`.
+fn node_id(classname: Option<&str>, name: &str, root: &Path) -> String {
+    let Some(classname) = classname.filter(|c| !c.is_empty()) else {
+        return name.to_owned();
+    };
+    let parts: Vec<&str> = classname.split('.').collect();
+    for split in (1..=parts.len()).rev() {
+        let file = format!("{}.py", parts[..split].join("/"));
+        if root.join(&file).is_file() {
+            let mut id = file;
+            for class in &parts[split..] {
+                id.push_str("::");
+                id.push_str(class);
+            }
+            id.push_str("::");
+            id.push_str(name);
+            return id;
+        }
+    }
+    format!("{classname}::{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pytest_classnames_become_node_ids() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("tests/unit")).unwrap();
+        std::fs::write(root.path().join("tests/unit/test_io.py"), "").unwrap();
+        std::fs::write(root.path().join("test_top.py"), "").unwrap();
+        for (classname, name, id) in [
+            (
+                Some("tests.unit.test_io"),
+                "test_load",
+                "tests/unit/test_io.py::test_load",
+            ),
+            (
+                Some("tests.unit.test_io.TestLoad"),
+                "test_load[1-2]",
+                "tests/unit/test_io.py::TestLoad::test_load[1-2]",
+            ),
+            (Some("test_top"), "test_x", "test_top.py::test_x"),
+            (
+                Some("com.example.ParserTest"),
+                "parses",
+                "com.example.ParserTest::parses",
+            ),
+            (None, "lonely", "lonely"),
+        ] {
+            assert_eq!(
+                node_id(classname, name, root.path()),
+                id,
+                "{classname:?} {name}"
+            );
+        }
+    }
+}
