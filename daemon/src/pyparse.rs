@@ -406,7 +406,9 @@ impl<'s> Walker<'s> {
         let target = self.target().to_owned();
         match node.kind() {
             "identifier" => {
-                if REFLECTIVE.contains(&text.as_str()) {
+                if REFLECTIVE.contains(&text.as_str())
+                    || passed_around_attribute_access(node, &text)
+                {
                     self.reflective.insert(target.clone());
                 }
                 self.mentions.entry(target).or_default().insert(text);
@@ -879,6 +881,16 @@ fn has_kind(node: Node, kind: &str) -> bool {
     false
 }
 
+/// `getattr` (or `hasattr`, `setattr`, `delattr`) used other than as the
+/// function of a call, which [`Walker::dynamic_attribute`] judges:
+/// `partial(getattr, module)` may read any name.
+fn passed_around_attribute_access(node: Node, text: &str) -> bool {
+    matches!(text, "getattr" | "hasattr" | "setattr" | "delattr")
+        && !node
+            .parent()
+            .is_some_and(|p| p.kind() == "call" && p.child_by_field_name("function") == Some(node))
+}
+
 /// `__all__ = [...]` or `__all__ += [...]` at module level.
 fn assigns_all(statement: Node, src: &[u8]) -> bool {
     statement
@@ -1135,6 +1147,12 @@ def reflect(mod, name):
 
 def listing(mod):
     return dir(mod)
+
+def literal_name(mod):
+    return getattr(mod, "LIMIT")
+
+def passed_around(mod):
+    return partial(getattr, mod)
 "#;
         let parsed = parse(src.as_bytes());
         let has =
@@ -1157,7 +1175,7 @@ def listing(mod):
             assert_eq!(has(block, name), expected, "{block} mentions {name}");
         }
         let reflective: Vec<&str> = parsed.reflective.iter().map(String::as_str).collect();
-        assert_eq!(reflective, ["K.m", "listing", "reflect"]);
+        assert_eq!(reflective, ["K.m", "listing", "passed_around", "reflect"]);
 
         let tests = r#"import pytest
 from app import CASES
