@@ -307,3 +307,54 @@ fn importing_a_report_of_plain_pytest() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// `tim audit` on the history of the run just made: budgets by marker and
+/// by default from tim.toml, warnings from a share of the budget, exit 1 on
+/// a violation, JSON and JUnit output. The sleeps only set lower bounds.
+#[test]
+fn audit_budgets_from_the_last_run() {
+    let mut p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"audit\"\nversion = \"0\"\n\n[tool.pytest.ini_options]\nmarkers = [\"slow\"]\n",
+        ),
+        (
+            "tim.toml",
+            "[audit]\ndefault = \"1s\"\nwarn_at = 0.05\n\n[[audit.budget]]\nmarker = \"slow\"\nlimit = \"200ms\"\n",
+        ),
+        (
+            "tests/test_t.py",
+            "import time\n\nimport pytest\n\n\ndef test_fast():\n    pass\n\n\ndef test_near():\n    time.sleep(0.1)\n\n\n@pytest.mark.slow\ndef test_over():\n    time.sleep(0.3)\n",
+        ),
+    ]);
+    p.env("TIM_PYTHON", &test_python());
+    p.tim_ok(&["run", "--all"]);
+    let report = p.path("audit.xml");
+    let out = p.tim(&["audit", "--json", "--junit", report.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a violation fails the audit");
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = |list: &str| -> Vec<String> {
+        a[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(a["checked"], 3, "{a}");
+    assert_eq!(ids("violations"), ["tests/test_t.py::test_over"], "{a}");
+    assert_eq!(a["violations"][0]["rule"], "marker slow");
+    assert_eq!(ids("near_budget"), ["tests/test_t.py::test_near"], "{a}");
+    let junit =
+        quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&report).unwrap())
+            .unwrap();
+    assert_eq!((junit.tests, junit.failures), (3, 1));
+
+    // Within budget once the slow test's budget allows it.
+    p.write(
+        "tim.toml",
+        "[audit]\ndefault = \"1s\"\n\n[[audit.budget]]\nmarker = \"slow\"\nlimit = \"30s\"\n",
+    );
+    let text = p.tim_ok(&["audit"]);
+    assert!(text.contains("3 tests checked: 0 over budget"), "{text}");
+}

@@ -7,9 +7,10 @@
 //! `classname` leads to a file under the root.
 
 use crate::error::ClientError;
-use quick_junit::{NonSuccessKind, Report, TestCaseStatus};
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use std::path::Path;
-use tim_proto::{ImportedResult, Outcome};
+use std::time::Duration;
+use tim_proto::{AuditReply, ImportedResult, Outcome};
 
 /// Writes a report with no test in it.
 pub fn write_empty(path: &Path) -> Result<(), ClientError> {
@@ -17,6 +18,42 @@ pub fn write_empty(path: &Path) -> Result<(), ClientError> {
     let text = report
         .to_string()
         .map_err(|e| ClientError::Usage(format!("cannot build an empty JUnit report: {e}")))?;
+    std::fs::write(path, text)
+        .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// `tim audit --junit`: a test case per test checked, failed when over its
+/// budget; a warning is a pass that says so on its output.
+pub fn write_audit(path: &Path, audit: &AuditReply) -> Result<(), ClientError> {
+    let mut suite = TestSuite::new("tim audit");
+    for entry in &audit.tests {
+        let share = entry.seconds / entry.budget_seconds;
+        let verdict = format!(
+            "{:.3}s of a {:.3}s budget ({}, {:.0}%)",
+            entry.seconds,
+            entry.budget_seconds,
+            entry.rule,
+            share * 100.0
+        );
+        let status = if entry.seconds > entry.budget_seconds {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_message(format!("over budget: {verdict}"));
+            status
+        } else {
+            TestCaseStatus::success()
+        };
+        let mut case = TestCase::new(entry.id.as_str(), status);
+        case.set_time(Duration::from_secs_f64(entry.seconds.max(0.0)));
+        if entry.seconds <= entry.budget_seconds && share >= audit.warn_at {
+            case.set_system_out(format!("near its budget: {verdict}"));
+        }
+        suite.add_test_case(case);
+    }
+    let mut report = Report::new("tim");
+    report.add_test_suite(suite);
+    let text = report
+        .to_string()
+        .map_err(|e| ClientError::Usage(format!("cannot build the audit's JUnit report: {e}")))?;
     std::fs::write(path, text)
         .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))
 }

@@ -92,6 +92,14 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Check every known test's last duration against its time budget ([audit] in tim.toml); exits 1 on a test over budget.
+    Audit {
+        /// Also write the result as a JUnit XML report.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show what the timing and outcome history says: slowest, slowing, flaky and failing tests.
     Stats {
         /// Entries per list.
@@ -242,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Why { test, json } => pytest::why(&layout, test, json.json),
         Command::Stats { limit, json } => pytest::stats(&layout, limit, json.json),
         Command::ImportJunit { files } => pytest::import_junit(&layout, &files),
+        Command::Audit { junit, json } => pytest::audit(&layout, junit.as_deref(), json.json),
         Command::Status(flag) => status(&layout, flag.json),
         Command::Changes { since, json } => changes(&layout, since, json.json),
         Command::Daemon { action } => daemon(&layout, action),

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tim_proto::layout::Layout;
 use tim_proto::{
-    AffectedParams, AffectedReply, ImportResultsParams, Order, Request, Response, StatsParams,
-    StatsReply, WhyParams, WhyReply,
+    AffectedParams, AffectedReply, AuditParams, AuditReply, ImportResultsParams, Order, Request,
+    Response, StatsParams, StatsReply, WhyParams, WhyReply,
 };
 
 /// The plugin's files, embedded at build time.
@@ -510,6 +510,60 @@ pub fn import_junit(layout: &Layout, files: &[PathBuf]) -> anyhow::Result<u8> {
         println!("{}: {} imported", file.display(), plural(count, "result"));
     }
     Ok(exit::OK)
+}
+
+/// `tim audit`: budgets, warnings, violations; exit 1 on a violation.
+pub fn audit(layout: &Layout, junit: Option<&Path>, json: bool) -> anyhow::Result<u8> {
+    let pick = |r| match r {
+        Response::Audit(a) => Some(a),
+        _ => None,
+    };
+    let mut conn = connect::connect(layout)?;
+    let (reply, warnings): (AuditReply, _) =
+        request(&mut conn, Request::Audit(AuditParams {}), pick)?;
+    if let Some(path) = junit {
+        crate::junit::write_audit(path, &reply)?;
+    }
+    let status = if reply.violations.is_empty() {
+        exit::OK
+    } else {
+        exit::TESTS_FAILED
+    };
+    if json {
+        crate::print_json(&crate::with_warnings(&reply, &warnings))?;
+        return Ok(status);
+    }
+    print_warnings(&warnings);
+    if reply.checked == 0 {
+        println!("no test has been recorded yet: run `tim run --all` first");
+        return Ok(exit::OK);
+    }
+    let line = |e: &tim_proto::AuditEntry| {
+        format!(
+            "  {:>8} of {:>8} ({:>3.0}%)  {}  [{}]",
+            seconds_words(e.seconds),
+            seconds_words(e.budget_seconds),
+            100.0 * e.seconds / e.budget_seconds,
+            e.id,
+            e.rule
+        )
+    };
+    section("over budget:", &reply.violations, line);
+    section(
+        &format!(
+            "near budget (at least {:.0}% of it):",
+            reply.warn_at * 100.0
+        ),
+        &reply.near_budget,
+        line,
+    );
+    println!(
+        "\n{} checked: {} over budget, {} near it",
+        plural(reply.checked as usize, "test"),
+        reply.violations.len(),
+        reply.near_budget.len()
+    );
+    Ok(status)
 }
 
 /// `tim stats`: the history's slowest, slowing, flaky and failing tests.

@@ -14,6 +14,17 @@
 //!
 //! [run]
 //! order = "quick-feedback" # or "longest-first"
+//!
+//! [audit]
+//! default = "1s"           # budget of a test no rule matches ("unit")
+//! warn_at = 0.8            # share of a budget that warns
+//! [[audit.budget]]         # rules, first match wins; these two are the
+//! marker = "slow"          # defaults when no rule is configured
+//! limit = "30s"
+//! [[audit.budget]]
+//! marker = "integration"
+//! limit = "5s"
+//! # or path = "tests/e2e/*" (glob, `*` crosses `/`), or id = "*::test_big_*"
 //! ```
 //!
 //! Keys this version does not know are ignored (later versions add
@@ -39,6 +50,7 @@ pub struct Config {
     pub history_keep: u32,
     /// The order of a run's tests when the run does not say.
     pub order: tim_proto::Order,
+    pub budgets: Budgets,
     /// Where the settings came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -51,7 +63,63 @@ impl Default for Config {
             watch_mode: WatchMode::Native,
             history_keep: DEFAULT_HISTORY_KEEP,
             order: tim_proto::Order::QuickFeedback,
+            budgets: Budgets::default(),
             source: None,
+        }
+    }
+}
+
+/// Time budgets for `tim audit`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budgets {
+    pub default_seconds: f64,
+    pub warn_at: f64,
+    /// First match wins.
+    pub rules: Vec<BudgetRule>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetRule {
+    pub matcher: Matcher,
+    pub seconds: f64,
+}
+
+/// What a budget rule matches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Matcher {
+    /// A marker name (`@pytest.mark.slow`).
+    Marker(String),
+    /// A glob on the test's root-relative file.
+    Path(String),
+    /// A glob on the test id.
+    Id(String),
+}
+
+impl Matcher {
+    pub fn describe(&self) -> String {
+        match self {
+            Matcher::Marker(m) => format!("marker {m}"),
+            Matcher::Path(p) => format!("path {p}"),
+            Matcher::Id(i) => format!("id {i}"),
+        }
+    }
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            default_seconds: 1.0,
+            warn_at: 0.8,
+            rules: vec![
+                BudgetRule {
+                    matcher: Matcher::Marker("slow".into()),
+                    seconds: 30.0,
+                },
+                BudgetRule {
+                    matcher: Matcher::Marker("integration".into()),
+                    seconds: 5.0,
+                },
+            ],
         }
     }
 }
@@ -159,6 +227,9 @@ impl Config {
                     )
                 })?;
         }
+        if let Some(audit) = table.get("audit") {
+            self.budgets = parse_budgets(audit).map_err(|(key, problem)| invalid(&key, problem))?;
+        }
         if let Some(value) = table.get("history").and_then(|h| h.get("keep")) {
             self.history_keep = value
                 .as_integer()
@@ -183,6 +254,86 @@ pub fn pytest_section(pyproject: &str) -> Option<String> {
     let doc: toml::Table = pyproject.parse().ok()?;
     let section = doc.get("tool").and_then(|t| t.get("pytest"));
     Some(section.map(|v| v.to_string()).unwrap_or_default())
+}
+
+/// `[audit]`: (key, problem) on a bad value.
+fn parse_budgets(audit: &toml::Value) -> Result<Budgets, (String, String)> {
+    let mut budgets = Budgets::default();
+    if let Some(v) = audit.get("default") {
+        budgets.default_seconds = parse_seconds(v).map_err(|p| ("audit.default".into(), p))?;
+    }
+    if let Some(v) = audit.get("warn_at") {
+        budgets.warn_at = v
+            .as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .filter(|f| (0.0..=1.0).contains(f))
+            .ok_or_else(|| {
+                (
+                    "audit.warn_at".to_owned(),
+                    format!("must be a share between 0 and 1, like 0.8, found {v}"),
+                )
+            })?;
+    }
+    if let Some(list) = audit.get("budget") {
+        let key = "audit.budget";
+        let list = list.as_array().ok_or_else(|| {
+            (
+                key.to_owned(),
+                "must be a list of [[audit.budget]] tables".to_owned(),
+            )
+        })?;
+        budgets.rules = Vec::new();
+        for rule in list {
+            let text = |name: &str| rule.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            let matcher = match (text("marker"), text("path"), text("id")) {
+                (Some(m), None, None) => Matcher::Marker(m),
+                (None, Some(p), None) => Matcher::Path(p),
+                (None, None, Some(i)) => Matcher::Id(i),
+                _ => {
+                    return Err((
+                        key.to_owned(),
+                        format!(
+                            "each rule needs exactly one of marker, path or id (strings), found {rule}"
+                        ),
+                    ));
+                }
+            };
+            let limit = rule
+                .get("limit")
+                .ok_or_else(|| (key.to_owned(), format!("the rule {rule} has no limit")))?;
+            let seconds = parse_seconds(limit).map_err(|p| (format!("{key}.limit"), p))?;
+            budgets.rules.push(BudgetRule { matcher, seconds });
+        }
+    }
+    Ok(budgets)
+}
+
+/// A budget: seconds as a number, or `"250ms"`, `"1.5s"`, `"2m"`.
+fn parse_seconds(value: &toml::Value) -> Result<f64, String> {
+    let bad = || format!("expected a duration like \"250ms\", \"1.5s\" or \"2m\", found {value}");
+    let seconds = match value {
+        toml::Value::Integer(n) => *n as f64,
+        toml::Value::Float(f) => *f,
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+                (n, 0.001)
+            } else if let Some(n) = s.strip_suffix('s') {
+                (n, 1.0)
+            } else if let Some(n) = s.strip_suffix('m') {
+                (n, 60.0)
+            } else {
+                (s, 1.0)
+            };
+            number.trim().parse::<f64>().map_err(|_| bad())? * scale
+        }
+        _ => return Err(bad()),
+    };
+    if seconds.is_finite() && seconds > 0.0 {
+        Ok(seconds)
+    } else {
+        Err(bad())
+    }
 }
 
 fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
@@ -318,6 +469,47 @@ mod tests {
                 err.contains("history.keep") && err.contains("at least 1"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn audit_budgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let load = |text: &str| {
+            std::fs::write(root.join("tim.toml"), text).unwrap();
+            Config::load(root).map(|c| c.budgets)
+        };
+        assert_eq!(load("").unwrap(), Budgets::default());
+        let b = load(
+            "[audit]\ndefault = \"250ms\"\nwarn_at = 0.5\n[[audit.budget]]\npath = \"tests/e2e/*\"\nlimit = 90\n[[audit.budget]]\nid = \"*::test_big_*\"\nlimit = \"1.5m\"\n",
+        )
+        .unwrap();
+        assert_eq!((b.default_seconds, b.warn_at), (0.25, 0.5));
+        assert_eq!(
+            b.rules,
+            [
+                BudgetRule {
+                    matcher: Matcher::Path("tests/e2e/*".into()),
+                    seconds: 90.0
+                },
+                BudgetRule {
+                    matcher: Matcher::Id("*::test_big_*".into()),
+                    seconds: 90.0
+                },
+            ]
+        );
+        for (bad, key) in [
+            ("[audit]\nwarn_at = 2\n", "audit.warn_at"),
+            ("[audit]\ndefault = \"soon\"\n", "audit.default"),
+            ("[audit]\ndefault = -1\n", "audit.default"),
+            ("[[audit.budget]]\nlimit = \"1s\"\n", "audit.budget"),
+            ("[[audit.budget]]\nmarker = \"slow\"\npath = \"x\"\nlimit = \"1s\"\n", "audit.budget"),
+            ("[[audit.budget]]\nmarker = \"slow\"\n", "audit.budget"),
+            ("[[audit.budget]]\nmarker = \"slow\"\nlimit = \"fast\"\n", "audit.budget.limit"),
+        ] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
         }
     }
 }

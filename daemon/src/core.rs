@@ -70,6 +70,7 @@ pub enum Query {
     Why(tim_proto::WhyParams),
     Stats(tim_proto::StatsParams),
     ImportResults(tim_proto::ImportResultsParams),
+    Audit(tim_proto::AuditParams),
 }
 
 pub type SubscriptionId = u64;
@@ -628,6 +629,7 @@ impl Core {
             Query::Affected(params) => Response::Affected(self.pytest.affected(&mut ctx, params)),
             Query::Why(params) => Response::Why(self.pytest.why(&mut ctx, params)),
             Query::Stats(params) => Response::Stats(self.pytest.stats(&ctx, params)?),
+            Query::Audit(_) => Response::Audit(self.pytest.audit(&self.config.budgets)),
             Query::ImportResults(params) => {
                 self.pytest.import_results(&mut ctx, params)?;
                 Response::Ok(tim_proto::OkReply {})

@@ -11,6 +11,7 @@
 //! (checkpointing the WAL), remove the pid file and socket, release the lock,
 //! and only then let the process exit, which closes the open connections.
 
+pub mod audit;
 pub mod config;
 pub mod core;
 pub mod git;

@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use tim_proto::{
-    AffectedParams, AffectedReply, AffectedTest, BeginRunParams, CollectFile, Deps, EndRunParams,
-    ImportResultsParams, Order, Outcome, RecordParams, RunMode, SelectParams, Selection,
-    StatsParams, StatsReply, WhyDep, WhyParams, WhyReply,
+    AffectedParams, AffectedReply, AffectedTest, AuditReply, BeginRunParams, CollectFile, Deps,
+    EndRunParams, ImportResultsParams, Order, Outcome, RecordParams, RunMode, SelectParams,
+    Selection, StatsParams, StatsReply, WhyDep, WhyParams, WhyReply,
 };
 
 /// pytest configuration files whose change can alter any test.
@@ -65,6 +65,7 @@ struct TestRecord {
     outcome: Outcome,
     /// Seconds the last run took (setup + call + teardown).
     duration: f64,
+    markers: Vec<String>,
     deps: i64,
     env: i64,
     run: u64,
@@ -296,6 +297,11 @@ fn is_test_file(path: &RepoPath, patterns: &[String]) -> bool {
 }
 
 /// Shell-style matching as Python's `fnmatch`: `*`, `?`, `[seq]`, `[!seq]`.
+/// [`fnmatch`] on strings: `*` matches any run of characters, `/` included.
+pub fn fnmatch_str(glob: &str, text: &str) -> bool {
+    fnmatch(glob.as_bytes(), text.as_bytes())
+}
+
 fn fnmatch(glob: &[u8], text: &[u8]) -> bool {
     match glob.split_first() {
         None => text.is_empty(),
@@ -354,6 +360,7 @@ impl Pytest {
                     file: row.file,
                     outcome,
                     duration: row.durations.iter().sum(),
+                    markers: row.markers,
                     // A record in an older format is no usable record.
                     deps: if row.current_format {
                         row.depset
@@ -654,6 +661,7 @@ impl Pytest {
                 outcome: r.outcome.as_str(),
                 durations: [r.durations.setup, r.durations.call, r.durations.teardown],
                 deps,
+                markers: &r.markers,
             })
             .collect();
         let batch = Batch {
@@ -689,6 +697,7 @@ impl Pytest {
                     file,
                     outcome: r.outcome,
                     duration: r.durations.setup + r.durations.call + r.durations.teardown,
+                    markers: r.markers.clone(),
                     deps: set,
                     env: env_id,
                     run: params.run_id,
@@ -1377,6 +1386,19 @@ impl Pytest {
             .import_results(&params.source, &results, ctx.history_keep)?;
         tracing::info!(run, results = results.len(), source = %params.source, "results imported");
         Ok(())
+    }
+
+    pub fn audit(&self, budgets: &crate::config::Budgets) -> AuditReply {
+        crate::audit::audit(
+            self.tests.iter().map(|(id, t)| crate::audit::Timed {
+                id,
+                file: t.file.as_str(),
+                markers: &t.markers,
+                seconds: t.duration,
+            }),
+            budgets,
+            fnmatch_str,
+        )
     }
 
     pub fn stats(&self, ctx: &Ctx<'_>, params: StatsParams) -> Result<StatsReply, PytestError> {

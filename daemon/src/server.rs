@@ -200,7 +200,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Err(e) => {
                 let message = match e.code() {
                     ErrorCode::UnknownRequest => format!(
-                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats, import_results",
+                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats, import_results, audit",
                         server.identity.daemon_version
                     ),
                     _ => e.to_string(),
@@ -288,6 +288,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Request::Affected(p) => query(&server, writer, id, Query::Affected(p)).await?,
             Request::Why(p) => query(&server, writer, id, Query::Why(p)).await?,
             Request::Stats(p) => query(&server, writer, id, Query::Stats(p)).await?,
+            Request::Audit(p) => query(&server, writer, id, Query::Audit(p)).await?,
             Request::ImportResults(p) => {
                 query(&server, writer, id, Query::ImportResults(p)).await?
             }

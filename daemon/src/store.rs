@@ -461,7 +461,7 @@ impl Store {
 
     pub fn load_tests(&self) -> Result<Vec<TestRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id, deps_version FROM test",
+            "SELECT node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id, deps_version, markers FROM test",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(TestRow {
@@ -473,6 +473,8 @@ impl Store {
                 env: r.get(7)?,
                 run: r.get::<_, i64>(8)? as u64,
                 current_format: r.get::<_, i64>(9)? >= DEPS_VERSION,
+                // Unreadable markers are no markers: the default budget.
+                markers: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -692,12 +694,12 @@ impl Store {
                 import_sets.push(set);
             }
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO test (node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id, deps_version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                "INSERT INTO test (node_id, file, outcome, setup_s, call_s, teardown_s, depset_id, env_id, run_id, deps_version, markers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (node_id) DO UPDATE SET file = excluded.file, outcome = excluded.outcome,
                    setup_s = excluded.setup_s, call_s = excluded.call_s, teardown_s = excluded.teardown_s,
                    depset_id = excluded.depset_id, env_id = excluded.env_id, run_id = excluded.run_id,
-                   deps_version = excluded.deps_version",
+                   deps_version = excluded.deps_version, markers = excluded.markers",
             )?;
             let mut history = tx.prepare_cached(
                 "INSERT OR REPLACE INTO result (run_id, node_id, outcome, setup_s, call_s, teardown_s, deps_digest)
@@ -723,7 +725,8 @@ impl Store {
                     set,
                     env,
                     run as i64,
-                    DEPS_VERSION
+                    DEPS_VERSION,
+                    serde_json::to_string(t.markers).expect("strings serialize")
                 ])?;
                 history.execute(params![
                     run as i64,
@@ -833,6 +836,7 @@ pub struct TestRow {
     pub run: u64,
     /// Written in the [`DEPS_VERSION`] format (else: no usable record).
     pub current_format: bool,
+    pub markers: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -896,6 +900,7 @@ pub struct NewTest<'a> {
     pub outcome: &'a str,
     pub durations: [f64; 3],
     pub deps: &'a [Dep],
+    pub markers: &'a [String],
 }
 
 /// Inserts `data` into `table` (`env` or `depset`) unless present; its id.
@@ -1212,6 +1217,7 @@ mod tests {
                 outcome: "passed",
                 durations: [0.1, 0.2, 0.3],
                 deps: &deps,
+                markers: &[],
             },
             NewTest {
                 node_id: "tests/test_m.py::test_b",
@@ -1219,6 +1225,7 @@ mod tests {
                 outcome: "failed",
                 durations: [0.0, 1.0, 0.0],
                 deps: &deps,
+                markers: &[],
             },
         ];
         let module = RepoPath::new("m.py");
@@ -1285,6 +1292,7 @@ mod tests {
             outcome: "passed",
             durations: [0.0, secs, 0.0],
             deps: &[],
+            markers: &[],
         };
         let mut runs = Vec::new();
         for i in 0..7 {

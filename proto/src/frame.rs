@@ -107,6 +107,7 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::Why(x) => data(x),
         Request::Stats(x) => data(x),
         Request::ImportResults(x) => data(x),
+        Request::Audit(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -134,6 +135,7 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "why" => Request::Why(parse(env)?),
         "stats" => Request::Stats(parse(env)?),
         "import_results" => Request::ImportResults(parse(env)?),
+        "audit" => Request::Audit(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",
@@ -163,6 +165,7 @@ pub fn encode_response(frame: &ResponseFrame) -> Vec<u8> {
         Response::Affected(x) => data(x),
         Response::Why(x) => data(x),
         Response::Stats(x) => data(x),
+        Response::Audit(x) => data(x),
     };
     to_line(&Envelope {
         id: frame.id,
@@ -190,6 +193,7 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
         "affected" => Response::Affected(parse(env)?),
         "why" => Response::Why(parse(env)?),
         "stats" => Response::Stats(parse(env)?),
+        "audit" => Response::Audit(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "response",

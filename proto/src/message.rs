@@ -24,6 +24,7 @@ pub const DAEMON_CAPABILITIES: &[&str] = &[
     // Protocol 1.2: timing and outcome history.
     "stats",
     "import_results",
+    "audit",
 ];
 
 /// A request from a client, with the id its response will carry.
@@ -67,6 +68,8 @@ pub enum Request {
     /// 1.2: adds results from elsewhere (a JUnit report) to the history, as
     /// a run of their own; answers `ok`.
     ImportResults(ImportResultsParams),
+    /// 1.2: every known test's last duration against its time budget.
+    Audit(AuditParams),
 }
 
 impl Request {
@@ -85,6 +88,7 @@ impl Request {
             Request::Why(_) => "why",
             Request::Stats(_) => "stats",
             Request::ImportResults(_) => "import_results",
+            Request::Audit(_) => "audit",
         }
     }
 }
@@ -144,6 +148,7 @@ pub enum Response {
     Affected(AffectedReply),
     Why(WhyReply),
     Stats(StatsReply),
+    Audit(AuditReply),
 }
 
 impl Response {
@@ -161,6 +166,7 @@ impl Response {
             Response::Affected(_) => "affected",
             Response::Why(_) => "why",
             Response::Stats(_) => "stats",
+            Response::Audit(_) => "audit",
         }
     }
 }
@@ -488,6 +494,10 @@ pub struct TestResult {
     pub durations: Durations,
     #[serde(default)]
     pub deps: Deps,
+    /// 1.2: the test's marker names (`slow`, `integration`), for time
+    /// budgets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub markers: Vec<String>,
 }
 
 /// What importing (collecting) one test file depended on.
@@ -697,4 +707,35 @@ pub struct ImportedResult {
     pub outcome: Outcome,
     /// The whole test's duration; recorded as its call time.
     pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditParams {}
+
+/// Every known test's last duration (setup + call + teardown) against its
+/// budget: the first `audit.budget` rule that matches it (by marker, path
+/// glob or id pattern), else the default budget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditReply {
+    /// Tests checked.
+    pub checked: u64,
+    /// The share of a budget from which a test is reported as a warning.
+    pub warn_at: f64,
+    /// Over budget, slowest share first.
+    pub violations: Vec<AuditEntry>,
+    /// At `warn_at` of their budget or more, but within it. (Not called
+    /// `warnings`: that key of the client's JSON carries the daemon's.)
+    pub near_budget: Vec<AuditEntry>,
+    /// Every test checked, in id order (for a JUnit report).
+    pub tests: Vec<AuditEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub seconds: f64,
+    pub budget_seconds: f64,
+    /// The rule that set the budget, e.g. `marker slow`, `path tests/e2e/**`,
+    /// `default`.
+    pub rule: String,
 }

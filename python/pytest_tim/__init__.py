@@ -320,15 +320,18 @@ class TimPlugin:
             if extra is not None:
                 ctx.merge(extra)
         rel = self._rel(item.path)
-        self.pending.append(
-            {
-                "id": nodeid,
-                "file": rel or "",
-                "outcome": state["outcome"] or "passed",
-                "durations": state["durations"],
-                "deps": ctx.to_wire(self.recorder.root),
-            }
-        )
+        record = {
+            "id": nodeid,
+            "file": rel or "",
+            "outcome": state["outcome"] or "passed",
+            "durations": state["durations"],
+            "deps": ctx.to_wire(self.recorder.root),
+        }
+        # For time budgets by marker (`tim audit`).
+        markers = sorted({m.name for m in item.iter_markers()} - _PLUMBING_MARKERS)
+        if markers:
+            record["markers"] = markers
+        self.pending.append(record)
         if len(self.pending) >= BATCH or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self._flush()
 
@@ -413,6 +416,10 @@ class TimPlugin:
         rel = real[len(root):].replace(os.sep, "/") if real.startswith(root) else None
         self._rel_cache[key] = rel
         return rel
+
+
+# Markers that say how a test runs, not what kind of test it is.
+_PLUMBING_MARKERS = frozenset(("parametrize", "usefixtures", "filterwarnings"))
 
 
 def _is_module(collector):

@@ -43,7 +43,7 @@ def test_request_frames_have_the_shape_of_the_golden_ones():
 
     assert golden("request.begin_run.json")["data"]["order"] in ORDERS
     test = golden("request.record.json")["data"]["tests"][0]
-    assert set(test) == {"id", "file", "outcome", "durations", "deps"}
+    assert set(test) == {"id", "file", "outcome", "durations", "deps", "markers"}
     assert set(test["deps"]) == {"code", "files", "dirs"}
 
 
