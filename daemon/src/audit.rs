@@ -87,7 +87,8 @@ mod tests {
         };
         let slow = ["slow".to_owned()];
         // (id, file, markers, seconds, expected: rule, "violation"/"warning"/"ok")
-        let cases: &[(&str, &str, &[String], f64, &str, &str)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [String], f64, &'a str, &'a str);
+        let cases: &[Case] = &[
             ("t/a.py::test_unit", "t/a.py", &[], 0.5, "default", "ok"),
             (
                 "t/a.py::test_unit_warn",

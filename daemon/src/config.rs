@@ -504,9 +504,15 @@ mod tests {
             ("[audit]\ndefault = \"soon\"\n", "audit.default"),
             ("[audit]\ndefault = -1\n", "audit.default"),
             ("[[audit.budget]]\nlimit = \"1s\"\n", "audit.budget"),
-            ("[[audit.budget]]\nmarker = \"slow\"\npath = \"x\"\nlimit = \"1s\"\n", "audit.budget"),
+            (
+                "[[audit.budget]]\nmarker = \"slow\"\npath = \"x\"\nlimit = \"1s\"\n",
+                "audit.budget",
+            ),
             ("[[audit.budget]]\nmarker = \"slow\"\n", "audit.budget"),
-            ("[[audit.budget]]\nmarker = \"slow\"\nlimit = \"fast\"\n", "audit.budget.limit"),
+            (
+                "[[audit.budget]]\nmarker = \"slow\"\nlimit = \"fast\"\n",
+                "audit.budget.limit",
+            ),
         ] {
             let err = load(bad).unwrap_err().to_string();
             assert!(err.contains(key), "{bad}: {err}");
