@@ -358,3 +358,38 @@ fn audit_budgets_from_the_last_run() {
     let text = p.tim_ok(&["audit"]);
     assert!(text.contains("3 tests checked: 0 over budget"), "{text}");
 }
+
+/// Times imported from another runner's report order tests tim has not
+/// recorded yet: `longest-first` puts the slowest first from the start.
+#[test]
+fn imported_times_order_tests_not_recorded_yet() {
+    let mut p = Project::with_files(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"ord\"\nversion = \"0\"\n",
+        ),
+        (
+            "tests/test_o.py",
+            "def test_a():\n    pass\n\n\ndef test_b():\n    pass\n\n\ndef test_c():\n    pass\n",
+        ),
+        (
+            "ci.xml",
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="3">
+<testcase classname="tests.test_o" name="test_a" time="0.1"/>
+<testcase classname="tests.test_o" name="test_b" time="5.0"/>
+<testcase classname="tests.test_o" name="test_c" time="1.0"/>
+</testsuite></testsuites>
+"#,
+        ),
+    ]);
+    p.env("TIM_PYTHON", &test_python());
+    p.tim_ok(&["import-junit", "ci.xml"]);
+    let out = p.tim_ok(&["run", "--all", "--order", "longest-first", "--", "-v"]);
+    let order: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("tests/test_o.py::"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(order, ["test_b", "test_c", "test_a"], "{out}");
+}

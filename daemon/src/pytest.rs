@@ -470,7 +470,7 @@ impl Pytest {
             known = self.tests.len(),
             "run started"
         );
-        let priority = self
+        let mut priority: HashMap<String, (u8, f64)> = self
             .tests
             .iter()
             .map(|(id, t)| {
@@ -478,6 +478,11 @@ impl Pytest {
                 (id.clone(), (class, t.duration))
             })
             .collect();
+        // Tests tim has not recorded yet but whose times it knows (imported
+        // from JUnit reports): still new (class 1), sorted by those times.
+        for (id, seconds) in ctx.store.unrecorded_medians()? {
+            priority.entry(id).or_insert((1, seconds));
+        }
         let mut durations: Vec<f64> = self.tests.values().map(|t| t.duration).collect();
         durations.sort_by(f64::total_cmp);
         let typical_seconds = durations.get(durations.len() / 2).copied().unwrap_or(0.0);

@@ -615,6 +615,25 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The median duration in the history of every test without a record
+    /// (known from imported results only).
+    pub fn unrecorded_medians(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node_id, setup_s + call_s + teardown_s FROM result
+             WHERE node_id NOT IN (SELECT node_id FROM test) ORDER BY node_id",
+        )?;
+        let rows: Vec<(String, f64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            let mut seconds: Vec<f64> = group.iter().map(|r| r.1).collect();
+            seconds.sort_by(f64::total_cmp);
+            out.push((group[0].0.clone(), seconds[seconds.len() / 2]));
+        }
+        Ok(out)
+    }
+
     /// How many runs are recorded.
     pub fn run_count(&self) -> Result<u64, StoreError> {
         Ok(self
