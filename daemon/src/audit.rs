@@ -67,24 +67,20 @@ mod tests {
 
     #[test]
     fn budgets_thresholds_and_rule_order() {
-        let budgets = Budgets {
-            default_seconds: 1.0,
-            warn_at: 0.8,
-            rules: vec![
-                BudgetRule {
-                    matcher: Matcher::Marker("slow".into()),
-                    seconds: 30.0,
-                },
-                BudgetRule {
-                    matcher: Matcher::Path("tests/e2e/*".into()),
-                    seconds: 10.0,
-                },
-                BudgetRule {
-                    matcher: Matcher::Id("*::test_big_*".into()),
-                    seconds: 3.0,
-                },
-            ],
-        };
+        // The defaults (1 s, warnings from 80%, `slow` 30 s first), then a
+        // path rule and an id rule in place of `integration`.
+        let mut budgets = Budgets::default();
+        budgets.rules.truncate(1);
+        budgets.rules.extend([
+            BudgetRule {
+                matcher: Matcher::Path("tests/e2e/*".into()),
+                seconds: 10.0,
+            },
+            BudgetRule {
+                matcher: Matcher::Id("*::test_big_*".into()),
+                seconds: 3.0,
+            },
+        ]);
         let slow = ["slow".to_owned()];
         // (id, file, markers, seconds, expected: rule, "violation"/"warning"/"ok")
         type Case<'a> = (&'a str, &'a str, &'a [String], f64, &'a str, &'a str);
