@@ -97,13 +97,7 @@ fn the_users_own_pytest_command_with_tim() {
 fn xdist_workers_record_once_and_select_alike() {
     let mut p = Project::with_files(SMALL);
     p.env("TIM_PYTHON", &test_python());
-    let out = p.tim(&["run", "--all", "--", "-n", "2"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = p.tim_ok(&["run", "--all", "--", "-n", "2"]);
     assert!(stdout.contains("8 passed"), "{stdout}");
     assert!(
         affected_ids(&p).is_empty(),
@@ -114,13 +108,7 @@ fn xdist_workers_record_once_and_select_alike() {
 
     p.write("lib/b.py", "def two():\n    return 1 + 1\n");
     assert_eq!(affected_ids(&p).len(), 6);
-    let out = p.tim(&["run", "--", "-n", "2"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = p.tim_ok(&["run", "--", "-n", "2"]);
     assert!(stdout.contains("6 passed"), "{stdout}");
     assert!(
         !stdout.contains("Different tests were collected"),
@@ -234,12 +222,7 @@ fn installing_and_upgrading_a_package_affects_its_importers() {
     };
     pip_install(&wheel("1.0", "1"));
     p.env("TIM_PYTHON", &python);
-    let out = p.tim(&["run", "--all"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    p.tim_ok(&["run", "--all"]);
     assert!(affected_ids(&p).is_empty());
 
     pip_install(&wheel("1.1", "2"));

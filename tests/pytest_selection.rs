@@ -456,9 +456,7 @@ fn a_new_test_runs_alone_and_others_stay_unaffected() {
     );
     let (_, json) = affected(&p);
     assert_eq!(collect_files(&json), ["tests/test_data.py"], "{json:#}");
-    let out = p.tim(&["run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = p.tim_ok(&["run"]);
     assert!(stdout.contains("1 passed, 3 deselected"), "{stdout}");
     assert!(affected(&p).0.is_empty());
     let why = p.tim_json(&["why", "tests/test_data.py::test_new", "--json"]);
@@ -480,9 +478,7 @@ fn a_parametrize_case_added_in_another_module_is_collected_and_run() {
         ],
         "changed: app/cases.py::<module>",
     );
-    let out = p.tim(&["run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = p.tim_ok(&["run"]);
     assert!(
         stdout.contains("3 passed"),
         "the new case runs too: {stdout}"
@@ -512,12 +508,7 @@ fn failures_stay_affected_until_they_pass() {
     );
     assert_eq!(json["tests"][0]["reasons"][0], "failed last time");
     edit(&p, "app/config.py", "LIMIT = 11", "LIMIT = 10");
-    let out = p.tim(&["run"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    p.tim_ok(&["run"]);
     assert!(affected(&p).0.is_empty());
 }
 

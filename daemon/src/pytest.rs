@@ -777,9 +777,11 @@ impl Pytest {
     fn add_literal_deps(&mut self, ctx: &Ctx<'_>, deps: &mut BTreeSet<Dep>, collection: bool) {
         let mut tree = self.current(ctx);
         let mut reflective = false;
-        // (parsed file, mention key) of every block whose code counts.
-        let mut readers: Vec<(Arc<ParsedModule>, String)> = Vec::new();
-        let mut modules: Vec<(RepoPath, Option<ContentHash>, Arc<ParsedModule>)> = Vec::new();
+        // Blocks whose code counts (borrowed from `deps`), and for a
+        // collection the test files and conftests whose headers count.
+        let mut readers: Vec<(Arc<ParsedModule>, &str)> = Vec::new();
+        let mut headers: Vec<Arc<ParsedModule>> = Vec::new();
+        let mut modules: Vec<(&RepoPath, Option<ContentHash>, Arc<ParsedModule>)> = Vec::new();
         for dep in deps.iter() {
             let Dep::Code {
                 file,
@@ -797,46 +799,53 @@ impl Pytest {
             match block.as_deref() {
                 None => {
                     reflective = true;
-                    modules.push((file.clone(), *file_hash, parsed));
+                    modules.push((file, *file_hash, parsed));
                 }
                 Some(b) if b.starts_with(pyparse::LITERAL_PREFIX) => {}
                 Some(b) => {
-                    if parsed.reflective.contains(b) {
-                        reflective = true;
-                    }
+                    reflective |= parsed.reflective.contains(b);
                     if b == MODULE_BLOCK {
                         if collection {
-                            for key in parsed.mentions.keys().filter(|k| k.ends_with("#header")) {
-                                if parsed.reflective.contains(key) {
-                                    reflective = true;
-                                }
-                                readers.push((parsed.clone(), key.clone()));
-                            }
+                            reflective |= parsed.reflective.iter().any(|k| k.ends_with("#header"));
+                            headers.push(parsed.clone());
                         }
-                        modules.push((file.clone(), *file_hash, parsed.clone()));
+                        modules.push((file, *file_hash, parsed.clone()));
                     }
-                    readers.push((parsed, b.to_owned()));
+                    readers.push((parsed, b));
                 }
             }
         }
-        for (file, file_hash, parsed) in modules {
-            for name in &parsed.literals {
-                let read = reflective
-                    || readers
+        // Most modules bind no literal: then nothing more to do.
+        if modules.iter().all(|(_, _, p)| p.literals.is_empty()) {
+            return;
+        }
+        let mentioned = |name: &String| {
+            readers
+                .iter()
+                .any(|(p, key)| p.mentions.get(*key).is_some_and(|m| m.contains(name)))
+                || headers.iter().any(|p| {
+                    p.mentions
                         .iter()
-                        .any(|(p, key)| p.mentions.get(key).is_some_and(|m| m.contains(name)));
-                if read {
-                    let block = format!("{}{name}", pyparse::LITERAL_PREFIX);
-                    let hash = parsed.block(&block).map(|b| b.hash);
-                    deps.insert(Dep::Code {
-                        file: file.clone(),
-                        file_hash,
-                        block: Some(block),
-                        hash,
-                    });
-                }
+                        .any(|(k, m)| k.ends_with("#header") && m.contains(name))
+                })
+        };
+        let mut added = Vec::new();
+        for (file, file_hash, parsed) in &modules {
+            for name in parsed
+                .literals
+                .iter()
+                .filter(|n| reflective || mentioned(n))
+            {
+                let block = format!("{}{name}", pyparse::LITERAL_PREFIX);
+                added.push(Dep::Code {
+                    file: (*file).clone(),
+                    file_hash: *file_hash,
+                    hash: parsed.block(&block).map(|b| b.hash),
+                    block: Some(block),
+                });
             }
         }
+        deps.extend(added);
     }
 
     /// Plugin-reported dependencies → dependencies with recorded hashes.

@@ -422,38 +422,33 @@ impl Store {
     }
 
     pub fn load_envs(&self) -> Result<Vec<(i64, Snapshot)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, data FROM env")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, data) = row?;
-            if let Some(env) = serde_json::from_str(&data)
-                .ok()
-                .and_then(|v| decode_env(&v))
-            {
-                out.push((id, env));
-            }
-        }
-        Ok(out)
+        self.load_interned("SELECT id, data FROM env", decode_env)
     }
 
-    /// Every dependency set still referenced by a test or a collection.
+    /// Every dependency set still referenced by a test, a collection or an
+    /// import record.
     pub fn load_depsets(&self) -> Result<Vec<(i64, Vec<Dep>)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        self.load_interned(
             "SELECT id, data FROM depset WHERE id IN (SELECT depset_id FROM test UNION SELECT depset_id FROM collection
                UNION SELECT depset_id FROM module_import)",
-        )?;
+            decode_deps,
+        )
+    }
+
+    /// `(id, JSON data)` rows, decoded. An unreadable row is left out: what
+    /// refers to it counts as unrecorded (its tests run).
+    fn load_interned<T>(
+        &self,
+        query: &str,
+        decode: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<(i64, T)>, StoreError> {
+        let mut stmt = self.conn.prepare(query)?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, data) = row?;
-            // An unreadable set decodes as None and its tests count as
-            // unrecorded: they run.
-            if let Some(deps) = serde_json::from_str(&data)
-                .ok()
-                .and_then(|v| decode_deps(&v))
-            {
-                out.push((id, deps));
+            if let Some(item) = serde_json::from_str(&data).ok().and_then(|v| decode(&v)) {
+                out.push((id, item));
             }
         }
         Ok(out)

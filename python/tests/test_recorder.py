@@ -137,7 +137,17 @@ def test_recording_switched_off_by_the_code_under_test_is_noticed_and_restored(p
     elif "cProfile" in recorder.backend_name:
         sys.setprofile(None)
     else:
-        pytest.skip("instrumented code cannot be switched off")
+        # Instrumented code records whatever happens to hooks; what the code
+        # under test can switch off is the import hook. A module imported
+        # after that runs uninstrumented: a whole-file dependency, not a gap.
+        sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Finder"]
+        (root / "pkg" / "late.py").write_text("def late():\n    return 3\n")
+        sys.modules.pop("pkg.late", None)
+        importlib.invalidate_caches()
+        importlib.import_module("pkg.late").late()
+        recorder.pop(ctx)
+        assert ctx.to_wire(recorder.root)["code"]["pkg/late.py"] == ["*"]
+        return
     mod.first()
     recorder.pop(ctx)
     assert "switched off" in ctx.to_wire(recorder.root)["incomplete"]
