@@ -272,8 +272,10 @@ pub fn wait_lock_free(lock: &Path) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = file.lock();
-        let _ = tx.send(r.is_ok());
+        // Release before reporting: the caller's next step may be a process
+        // that must find the lock free.
         drop(file);
+        let _ = tx.send(r.is_ok());
     });
     assert!(
         rx.recv_timeout(PATIENCE)
