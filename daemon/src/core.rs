@@ -73,6 +73,25 @@ pub enum Query {
     Audit(tim_proto::AuditParams),
 }
 
+impl Query {
+    /// The request's name, for logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Query::Status => "status",
+            Query::Changes { .. } => "changes",
+            Query::BeginRun(_) => "begin_run",
+            Query::Select(_) => "select",
+            Query::Record(_) => "record",
+            Query::EndRun(_) => "end_run",
+            Query::Affected(_) => "affected",
+            Query::Why(_) => "why",
+            Query::Stats(_) => "stats",
+            Query::ImportResults(_) => "import_results",
+            Query::Audit(_) => "audit",
+        }
+    }
+}
+
 pub type SubscriptionId = u64;
 
 /// Everything the core reacts to.
@@ -531,7 +550,13 @@ impl Core {
     fn complete(&mut self, work: PendingWork) {
         match work {
             PendingWork::Query(query, reply) => {
+                let kind = query.kind();
+                let started = Instant::now();
                 let answer = self.answer(query);
+                let took = started.elapsed();
+                if took > SLOW_TURN {
+                    tracing::warn!(?took, query = kind, "slow query");
+                }
                 let _ = reply.send(answer);
             }
             PendingWork::Subscribe {

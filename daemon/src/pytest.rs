@@ -114,6 +114,10 @@ pub struct Pytest {
     /// Metadata of the `*.dist-info` directories seen (see
     /// [`pyenv::scan_cached`]).
     dist_cache: std::collections::HashMap<std::path::PathBuf, pyenv::Dist>,
+    /// Median times of tests known only from imported reports, read once
+    /// (a scan of every kept result) and again after an import; ids
+    /// recorded since are skipped where it is used.
+    unrecorded: Option<Vec<(String, f64)>>,
 }
 
 /// Distinct dependencies, interned.
@@ -480,8 +484,13 @@ impl Pytest {
             .collect();
         // Tests tim has not recorded yet but whose times it knows (imported
         // from JUnit reports): still new (class 1), sorted by those times.
-        for (id, seconds) in ctx.store.unrecorded_medians()? {
-            priority.entry(id).or_insert((1, seconds));
+        if self.unrecorded.is_none() {
+            self.unrecorded = Some(ctx.store.unrecorded_medians()?);
+        }
+        for (id, seconds) in self.unrecorded.iter().flatten() {
+            if !priority.contains_key(id) {
+                priority.insert(id.clone(), (1, *seconds));
+            }
         }
         let mut durations: Vec<f64> = self.tests.values().map(|t| t.duration).collect();
         durations.sort_by(f64::total_cmp);
@@ -1398,6 +1407,7 @@ impl Pytest {
         let run = ctx
             .store
             .import_results(&params.source, &results, ctx.history_keep)?;
+        self.unrecorded = None;
         tracing::info!(run, results = results.len(), source = %params.source, "results imported");
         Ok(())
     }
