@@ -324,7 +324,7 @@ fn audit_budgets_from_the_last_run() {
         ),
         (
             "tests/test_t.py",
-            "import time\n\nimport pytest\n\n\ndef test_fast():\n    pass\n\n\ndef test_near():\n    time.sleep(0.1)\n\n\n@pytest.mark.slow\ndef test_over():\n    time.sleep(0.3)\n",
+            "import time\n\nimport pytest\n\n\ndef test_fast():\n    pass\n\n\ndef test_near():\n    time.sleep(0.1)\n\n\n@pytest.mark.slow\ndef test_over():\n    time.sleep(0.3)\n\n\n@pytest.mark.slow\nclass TestMarked:\n    def test_inherits(self):\n        time.sleep(0.3)\n",
         ),
     ]);
     p.env("TIM_PYTHON", &test_python());
@@ -341,14 +341,25 @@ fn audit_budgets_from_the_last_run() {
             .map(|e| e["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(a["checked"], 3, "{a}");
-    assert_eq!(ids("violations"), ["tests/test_t.py::test_over"], "{a}");
+    assert_eq!(a["checked"], 4, "{a}");
+    // A class's marker is every one of its tests' marker.
+    let mut over = ids("violations");
+    over.sort();
+    assert_eq!(
+        over,
+        [
+            "tests/test_t.py::TestMarked::test_inherits",
+            "tests/test_t.py::test_over"
+        ],
+        "{a}"
+    );
     assert_eq!(a["violations"][0]["rule"], "marker slow");
+    assert_eq!(a["violations"][1]["rule"], "marker slow");
     assert_eq!(ids("near_budget"), ["tests/test_t.py::test_near"], "{a}");
     let junit =
         quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&report).unwrap())
             .unwrap();
-    assert_eq!((junit.tests, junit.failures), (3, 1));
+    assert_eq!((junit.tests, junit.failures), (4, 2));
 
     // Within budget once the slow test's budget allows it.
     p.write(
@@ -356,7 +367,7 @@ fn audit_budgets_from_the_last_run() {
         "[audit]\ndefault = \"1s\"\n\n[[audit.budget]]\nmarker = \"slow\"\nlimit = \"30s\"\n",
     );
     let text = p.tim_ok(&["audit"]);
-    assert!(text.contains("3 tests checked: 0 over budget"), "{text}");
+    assert!(text.contains("4 tests checked: 0 over budget"), "{text}");
 }
 
 /// Times imported from another runner's report order tests tim has not

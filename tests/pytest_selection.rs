@@ -194,6 +194,13 @@ def test_listing():
         "tests/test_derived_b.py",
         "from app.derived import VALUE\n\n\ndef test_value_b():\n    assert VALUE == 5\n",
     ),
+    // Identical functions in two files: their code objects compare equal.
+    ("app/twin_a.py", "def helper():\n    return 1\n"),
+    ("app/twin_b.py", "def helper():\n    return 1\n"),
+    (
+        "tests/test_twins.py",
+        "from app import twin_a, twin_b\n\n\ndef test_twins():\n    assert twin_a.helper() + twin_b.helper() == 2\n",
+    ),
     (
         "tests/test_cases.py",
         r#"import pytest
@@ -208,7 +215,7 @@ def test_double(a, b):
     ),
 ];
 
-const ALL_TESTS: usize = 23;
+const ALL_TESTS: usize = 24;
 
 /// Which recorder the plugin uses depends on the interpreter.
 #[derive(Clone, Copy)]
@@ -339,6 +346,10 @@ selection! {
         [("app/shapes.py", "return self.size * self.size", "return self.size ** 2")]
         => ["tests/test_shapes.py::test_area", "tests/test_model.py::test_model_area", "tests/test_model.py::test_model_double"],
         "changed: app/shapes.py::Square.area";
+    edit_one_of_two_identical_functions_in_two_files:
+        [("app/twin_b.py", "return 1", "return 1 + 0")]
+        => ["tests/test_twins.py::test_twins"],
+        "changed: app/twin_b.py::helper";
     edit_a_module_constant_read_without_a_call:
         [("app/config.py", "LIMIT = 10", "LIMIT = 11")]
         => ["tests/test_config.py::test_limit"],

@@ -149,6 +149,7 @@ class TimPlugin:
         self._collecting = {}  # collector nodeid -> (file, Context)
         self.selected_count = None
         self._rel_cache = {}
+        self._parent_markers = {}  # collector -> frozenset of marker names
         self._last_flush = time.monotonic()
         self._collection_sent = set()
         if self.root is None:
@@ -328,7 +329,7 @@ class TimPlugin:
             "deps": ctx.to_wire(self.recorder.root),
         }
         # For time budgets by marker (`tim audit`).
-        markers = sorted({m.name for m in item.iter_markers()} - _PLUMBING_MARKERS)
+        markers = self._markers(item)
         if markers:
             record["markers"] = markers
         self.pending.append(record)
@@ -403,6 +404,19 @@ class TimPlugin:
             self.conn = None
 
     # -- helpers ------------------------------------------------------------------
+
+    def _markers(self, item):
+        """The names of `item.iter_markers()` but plumbing, sorted; what
+        the item's parents contribute is computed once per parent."""
+        parent = item.parent
+        inherited = self._parent_markers.get(parent)
+        if inherited is None:
+            inherited = frozenset(m.name for m in parent.iter_markers()) if parent is not None else frozenset()
+            self._parent_markers[parent] = inherited
+        own = item.own_markers
+        if not own and not inherited:
+            return None
+        return sorted(inherited.union(m.name for m in own) - _PLUMBING_MARKERS)
 
     def _rel(self, path):
         # Once per file, not once per test: `realpath` stats every component.

@@ -3,9 +3,10 @@
 Code is recorded at function granularity from function-entry events, never
 by line tracing:
 
-* Python >= 3.12: `sys.monitoring` PY_START events. The callback returns
-  DISABLE, so each code object costs one event until the next test re-arms
-  all of them with `restart_events()`.
+* Python >= 3.12: `sys.monitoring` PY_START events. A code object's first
+  call since the last re-arm is recorded and its second returns DISABLE,
+  so each costs at most two events until the next test (or fixture
+  context) re-arms the ones disabled.
 * Python 3.11: the project's own modules are compiled with a hit statement
   at the top of every function (`_instrument.py`), read at every context
   boundary. Nobody else's code pays anything; threads need nothing extra.
@@ -58,15 +59,18 @@ class Context:
 
     def to_wire(self, root):
         """`{"code": {file: [qualname, ...]}, "files": [...], "dirs": [...]}`
-        with root-relative, `/`-separated paths."""
+        with root-relative, `/`-separated paths; empty lists are left out,
+        and names come in no particular order (the daemon sorts)."""
         code = {}
-        for c in self.code:
-            # A code object, or (filename, qualname) from instrumentation.
-            if type(c) is tuple:
-                filename, qualname = c
-            else:
-                filename, qualname = c.co_filename, getattr(c, "co_qualname", c.co_name)
-            rel = _project_relative(root, filename)
+        rel_of = _WIRE_FILES
+        # Every backend records (filename, qualname) pairs, never code
+        # objects: those compare by value, and identical functions in two
+        # files are equal.
+        for filename, qualname in self.code:
+            try:
+                rel = rel_of[filename]
+            except KeyError:
+                rel = rel_of[filename] = _project_relative(root, filename)
             if rel is None:
                 continue
             names = code.get(rel)
@@ -74,8 +78,7 @@ class Context:
                 code[rel] = [qualname]
             else:
                 names.append(qualname)
-        wire = {"code": {f: sorted(set(names)) for f, names in sorted(code.items())}, "files": [], "dirs": []}
-        # Usually empty: skip the sorting machinery then.
+        wire = {"code": code}
         if self.files:
             wire["files"] = sorted(r for r in map(lambda p: _project_relative(root, p), self.files) if r)
         if self.dirs:
@@ -105,6 +108,9 @@ def _excluded(rel):
 
 
 _PROJECT_RELATIVE = {}
+# Filename -> root-relative path or None, for `Context.to_wire`. One root
+# per process (`project_filter` clears it).
+_WIRE_FILES = {}
 
 
 def _project_relative(root, path):
@@ -141,6 +147,7 @@ def project_filter(root):
     global _EXCLUDED
     _EXCLUDED = _environment_prefixes(root)
     _PROJECT_RELATIVE.clear()
+    _WIRE_FILES.clear()
 
     def is_project(path):
         rel = _relative(root, path)
@@ -287,8 +294,14 @@ class _MonitoringBackend:
     def __init__(self, recorder):
         self._recorder = recorder
         self._tool = None
-        self._instrumented = set()
+        # id -> code object: code objects compare by value, and two
+        # identical functions in two files are equal.
+        self._instrumented = {}
         self._on_start = None
+        # Code objects recorded since the last re-arm, and those of them
+        # whose event was disabled.
+        self._seen = set()
+        self._fired = []
 
     def start(self):
         mon = sys.monitoring
@@ -301,17 +314,28 @@ class _MonitoringBackend:
             raise RuntimeError("no free sys.monitoring tool id")
         active = self._recorder._active
         disable = mon.DISABLE
+        seen = self._seen
+        fired = self._fired
 
+        # The first call of a code object since the last re-arm is
+        # recorded; the second disables its event until the next re-arm. A
+        # function called once per test (most of them) then costs one
+        # callback and no re-arming at all, and one called in a loop costs
+        # two callbacks.
         def on_start(code, offset):
+            key = (code.co_filename, code.co_qualname)
+            if key in seen:
+                fired.append(code)
+                return disable
+            seen.add(key)
             for ctx in active:
-                ctx.code.add(code)
-            return disable
+                ctx.code.add(key)
 
         self._on_start = on_start
         mon.register_callback(self._tool, mon.events.PY_START, on_start)
         if self._instrumented:
             # Taken back after the code under test freed our tool id.
-            for code in self._instrumented:
+            for code in self._instrumented.values():
                 mon.set_local_events(self._tool, code, mon.events.PY_START)
             return
         # Modules the project imported before recording started (the
@@ -358,12 +382,12 @@ class _MonitoringBackend:
         stack = [code]
         while stack:
             c = stack.pop()
-            if c in self._instrumented:
+            if id(c) in self._instrumented:
                 continue
             rel = _relative(root, c.co_filename)
             if rel is None or _excluded(rel):
                 continue
-            self._instrumented.add(c)
+            self._instrumented[id(c)] = c
             mon.set_local_events(self._tool, c, mon.events.PY_START)
             stack.extend(k for k in c.co_consts if isinstance(k, type(c)))
 
@@ -371,7 +395,20 @@ class _MonitoringBackend:
         pass
 
     def rearm(self):
-        sys.monitoring.restart_events()
+        # Only the code objects in `fired` are disabled; re-arming them one
+        # by one leaves every other code object of the process alone, where
+        # `restart_events()` makes each of them (pytest's included) update
+        # its instrumentation on its next call.
+        self._seen.clear()
+        fired = self._fired
+        if not fired or self._tool is None:
+            return
+        set_local = sys.monitoring.set_local_events
+        tool, start = self._tool, sys.monitoring.events.PY_START
+        for code in fired:
+            set_local(tool, code, 0)
+            set_local(tool, code, start)
+        fired.clear()
 
     def lost(self):
         """Why events may have been missed since the last check, or None."""
@@ -484,11 +521,12 @@ class _ProfileBackend:
         # New threads: the profiler only covers the thread that enabled it.
         def thread_trace(frame, event, arg):
             code = frame.f_code
-            if code not in seen:
-                seen.add(code)
-                if code.co_filename.startswith(root):
+            key = (code.co_filename, code.co_qualname)
+            if key not in seen:
+                seen.add(key)
+                if key[0].startswith(root):
                     for ctx in active:
-                        ctx.code.add(code)
+                        ctx.code.add(key)
             return None
 
         threading.settrace(thread_trace)
@@ -507,8 +545,9 @@ class _ProfileBackend:
             for entry in prof.getstats():
                 code = entry.code
                 if type(code) is _CODE and code.co_filename.startswith(root):
+                    key = (code.co_filename, code.co_qualname)
                     for ctx in active:
-                        ctx.code.add(code)
+                        ctx.code.add(key)
             prof.clear()
 
     def rearm(self):

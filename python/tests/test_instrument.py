@@ -71,6 +71,10 @@ def code_objects(code):
             yield from code_objects(const)
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="the instrumenting recorder is 3.11's; 3.12 inlines comprehensions (PEP 709), so their qualnames differ",
+)
 def test_qualnames_are_the_compilers_and_docstrings_stay():
     tree = ast.parse(TRICKY)
     names = instrument(tree)
@@ -150,7 +154,7 @@ def recorded(recorder, action):
     ctx = recorder.push()
     action()
     recorder.pop(ctx)
-    return ctx.to_wire(recorder.root)["code"]
+    return {f: sorted(names) for f, names in ctx.to_wire(recorder.root)["code"].items()}
 
 
 def test_closures_and_lambdas_made_earlier_are_recorded_where_they_run(project):
@@ -294,7 +298,7 @@ def test_each_module_import_is_recorded_with_what_it_ran(project, monkeypatch, i
     finally:
         recorder.stop()
     imports = {
-        p[len(str(root.resolve())) + 1 :]: ctx.to_wire(recorder.root)["code"] for p, ctx in instrumenter.imports.items()
+        p[len(str(root.resolve())) + 1 :]: {f: sorted(n) for f, n in ctx.to_wire(recorder.root)["code"].items()} for p, ctx in instrumenter.imports.items()
     }
     # The package `__init__` ran before, in an import context of its own.
     assert imports["pkg/m.py"] == {"pkg/helpers.py": ["<module>", "build"], "pkg/m.py": ["<module>"]}

@@ -13,6 +13,15 @@ from pytest_tim._recorder import Recorder, project_filter
 BACKENDS = ["monitoring"] if hasattr(sys, "monitoring") else ["instrument", "profile"]
 
 
+def wire_of(ctx, recorder):
+    """`ctx.to_wire`, with its lists sorted and the empty ones present."""
+    wire = ctx.to_wire(recorder.root)
+    wire["code"] = {f: sorted(names) for f, names in wire["code"].items()}
+    wire.setdefault("files", [])
+    wire.setdefault("dirs", [])
+    return wire
+
+
 @pytest.fixture(params=BACKENDS)
 def project(request, tmp_path, monkeypatch):
     root = tmp_path / "proj"
@@ -50,9 +59,28 @@ def test_nested_contexts_each_see_what_ran_while_they_were_open(project):
     mod.second()
     recorder.pop(fixture)
     recorder.pop(test)
-    wire = test.to_wire(recorder.root)
+    wire = wire_of(test, recorder)
     assert wire["code"] == {"pkg/mod.py": ["first", "second", "second.<locals>.inner"]}
-    assert fixture.to_wire(recorder.root)["code"] == {"pkg/mod.py": ["first", "second", "second.<locals>.inner"]}
+    assert wire_of(fixture, recorder)["code"] == {"pkg/mod.py": ["first", "second", "second.<locals>.inner"]}
+
+
+def test_identical_functions_in_two_files_are_both_recorded(project):
+    # Code objects compare by value: these two are equal.
+    root, recorder = project
+    for name in ("twin_a", "twin_b"):
+        (root / "pkg" / f"{name}.py").write_text("def helper():\n    return 1\n")
+        sys.modules.pop(f"pkg.{name}", None)
+    importlib.invalidate_caches()
+    ctx = recorder.push()
+    a = importlib.import_module("pkg.twin_a")
+    b = importlib.import_module("pkg.twin_b")
+    recorder.pop(ctx)
+    assert a.helper.__code__ == b.helper.__code__
+    test = recorder.push()
+    a.helper()
+    b.helper()
+    recorder.pop(test)
+    assert wire_of(test, recorder)["code"] == {"pkg/twin_a.py": ["helper"], "pkg/twin_b.py": ["helper"]}
 
 
 def test_files_read_are_recorded_writes_and_outside_paths_are_not(project, tmp_path):
@@ -66,7 +94,7 @@ def test_files_read_are_recorded_writes_and_outside_paths_are_not(project, tmp_p
     (root / ".tim" / "state").read_text()
     sorted((p.name for p in root.iterdir()))
     recorder.pop(ctx)
-    wire = ctx.to_wire(recorder.root)
+    wire = wire_of(ctx, recorder)
     assert wire["files"] == ["data.json"]
     assert wire["dirs"] == [""]
 
@@ -78,7 +106,7 @@ def test_nothing_is_recorded_outside_contexts(project):
     (root / "data.json").read_text()
     ctx = recorder.push()
     recorder.pop(ctx)
-    assert ctx.to_wire(recorder.root) == {"code": {}, "files": [], "dirs": []}
+    assert wire_of(ctx, recorder) == {"code": {}, "files": [], "dirs": []}
 
 
 def test_installed_packages_inside_the_root_are_not_project_code(project, monkeypatch):
@@ -96,7 +124,7 @@ def test_installed_packages_inside_the_root_are_not_project_code(project, monkey
     mod.first()
     (site / "DATA.txt").read_text()
     recorder.pop(ctx)
-    wire = ctx.to_wire(recorder.root)
+    wire = wire_of(ctx, recorder)
     assert list(wire["code"]) == ["pkg/mod.py"]
     assert wire["files"] == []
 
@@ -109,7 +137,7 @@ def test_imports_list_directories_without_creating_dependencies(project):
     ctx = recorder.push()
     importlib.import_module("pkg.late")
     recorder.pop(ctx)
-    assert ctx.to_wire(recorder.root)["dirs"] == []
+    assert wire_of(ctx, recorder)["dirs"] == []
 
 
 def test_sqlite_databases_opened_by_tests_are_files_read(project):
@@ -122,7 +150,7 @@ def test_sqlite_databases_opened_by_tests_are_files_read(project):
     sqlite3.connect(str(db)).close()
     sqlite3.connect(":memory:").close()
     recorder.pop(ctx)
-    assert ctx.to_wire(recorder.root)["files"] == ["fixtures.sqlite"]
+    assert wire_of(ctx, recorder)["files"] == ["fixtures.sqlite"]
 
 
 def test_recording_switched_off_by_the_code_under_test_is_noticed_and_restored(project):
@@ -146,15 +174,15 @@ def test_recording_switched_off_by_the_code_under_test_is_noticed_and_restored(p
         importlib.invalidate_caches()
         importlib.import_module("pkg.late").late()
         recorder.pop(ctx)
-        assert ctx.to_wire(recorder.root)["code"]["pkg/late.py"] == ["*"]
+        assert wire_of(ctx, recorder)["code"]["pkg/late.py"] == ["*"]
         return
     mod.first()
     recorder.pop(ctx)
-    assert "switched off" in ctx.to_wire(recorder.root)["incomplete"]
+    assert "switched off" in wire_of(ctx, recorder)["incomplete"]
     again = recorder.push()
     mod.second()
     recorder.pop(again)
-    wire = again.to_wire(recorder.root)
+    wire = wire_of(again, recorder)
     assert "incomplete" not in wire
     assert "second" in wire["code"]["pkg/mod.py"]
 
@@ -175,7 +203,7 @@ def test_a_recursion_error_in_a_test_does_not_end_recording(project):
     after = recorder.push()
     mod.first()
     recorder.pop(after)
-    assert after.to_wire(recorder.root)["code"]["pkg/mod.py"] == ["first"]
+    assert wire_of(after, recorder)["code"]["pkg/mod.py"] == ["first"]
 
 
 def test_code_run_by_a_thread_the_test_started_is_recorded(project):
@@ -188,4 +216,4 @@ def test_code_run_by_a_thread_the_test_started_is_recorded(project):
     worker.start()
     worker.join()
     recorder.pop(ctx)
-    assert "second" in ctx.to_wire(recorder.root)["code"]["pkg/mod.py"]
+    assert "second" in wire_of(ctx, recorder)["code"]["pkg/mod.py"]
