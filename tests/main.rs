@@ -6,6 +6,7 @@ mod support;
 
 mod history;
 mod lifecycle;
+mod progress;
 mod protocol;
 mod pytest_runs;
 mod pytest_selection;

@@ -5,6 +5,7 @@
 pub mod connect;
 pub mod error;
 pub mod junit;
+mod progress;
 pub mod pytest;
 pub mod runner;
 mod term;
@@ -52,6 +53,9 @@ enum Command {
         /// Write a JUnit XML report of the tests run to FILE (an empty one when nothing is affected).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// No progress display (a bar with an ETA on a terminal, else a line per tenth of the run).
+        #[arg(long)]
+        no_progress: bool,
         /// The Python interpreter to run pytest with (default: $TIM_PYTHON, the active or the root's virtualenv, python3).
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
@@ -212,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             all,
             order,
             junit,
+            no_progress,
             python,
             pytest_args,
         } => {
@@ -225,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     python,
                     pytest_args,
                     command_line,
+                    no_progress,
                 },
             )
         }

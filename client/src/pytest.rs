@@ -143,6 +143,8 @@ pub struct RunArgs {
     pub python: Option<PathBuf>,
     pub pytest_args: Vec<String>,
     pub command_line: String,
+    /// `--no-progress`: no progress display; pytest writes to the terminal.
+    pub no_progress: bool,
 }
 
 /// `--order` on the command line.
@@ -335,10 +337,18 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
         arg.push(junit);
         pytest_args.push(arg.to_string_lossy().into_owned());
     }
-    let status = runner
-        .command(&plan, &pytest_args)?
-        .status()
-        .map_err(|e| cannot_run(runner.python(), e))?;
+    let command = runner.command(&plan, &pytest_args)?;
+    let display = if interactive(&args.pytest_args) {
+        // The debugger needs the terminal itself.
+        crate::progress::Display::Off
+    } else {
+        crate::progress::Display::choose(args.no_progress)
+    };
+    let status = match display {
+        crate::progress::Display::Off => { command }.status(),
+        display => crate::progress::run(command, display),
+    }
+    .map_err(|e| cannot_run(runner.python(), e))?;
     if let Some(footer) = &plan.footer
         && status.code().is_some()
     {
@@ -351,9 +361,18 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// pytest arguments that hand the terminal to the tests or a debugger:
+/// their output must not go through a pipe.
+fn interactive(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        matches!(a.as_str(), "-s" | "--pdb" | "--trace" | "--capture=no")
+            || a.starts_with("--pdbcls")
+    }) || args.windows(2).any(|w| w[0] == "--capture" && w[1] == "no")
+}
+
 /// `0.4s`, `12.5s`, `3m 20s`, `2h 5m`: a duration from history, as
 /// precise as it is worth being.
-fn seconds_words(secs: f64) -> String {
+pub(crate) fn seconds_words(secs: f64) -> String {
     let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
     let tenths = (secs * 10.0).round() / 10.0;
     if tenths < 60.0 {

@@ -574,8 +574,16 @@ impl Pytest {
             }),
         }
         ctx.store.set_run_selected(run_id, run.len() as u64)?;
+        // A new test counts as a typical one; with no history at all there
+        // is nothing to estimate from.
+        let typical = (!state.priority.is_empty()).then_some(state.typical_seconds);
+        let estimates = run
+            .iter()
+            .map(|(_, id)| state.priority.get(id).map(|p| p.1).or(typical))
+            .collect();
         Ok(Selection {
             run: run.into_iter().map(|(_, id)| id).collect(),
+            estimates,
         })
     }
 

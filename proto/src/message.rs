@@ -420,8 +420,13 @@ pub struct SelectParams {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Selection {
-    /// Ids to run; every other collected test is deselected.
+    /// Ids to run, in the order to run them; every other collected test is
+    /// deselected.
     pub run: Vec<String>,
+    /// (1.3) Seconds each test of `run` is expected to take, from history
+    /// (`None`: no history to go on).
+    #[serde(default)]
+    pub estimates: Vec<Option<f64>>,
 }
 
 /// What a test (or a test file's collection) depended on.

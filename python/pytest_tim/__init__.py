@@ -8,6 +8,7 @@ When the daemon cannot be reached, or speaks another protocol, the plugin
 warns once and runs every test: it never deselects on a guess.
 """
 
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ ENV_MODE = "TIM_MODE"  # "affected" (select) or "all" (record everything)
 ENV_COMMAND = "TIM_COMMAND"
 ENV_ROOT = "TIM_ROOT"
 ENV_ORDER = "TIM_ORDER"  # "quick-feedback" or "longest-first"
+ENV_PROGRESS_FD = "TIM_PROGRESS_FD"  # a pipe for `tim run`'s progress display
 ORDERS = ("quick-feedback", "longest-first")
 
 # Finished tests are sent in one `record` request per BATCH tests, or
@@ -152,6 +154,10 @@ class TimPlugin:
         self._parent_markers = {}  # collector -> frozenset of marker names
         self._last_flush = time.monotonic()
         self._collection_sent = set()
+        self.estimates = {}  # node id -> seconds expected, from `select`
+        # Only the main process reports progress (xdist workers' results
+        # reach the controller's hooks too).
+        self.progress = None if self.is_worker else _Progress.from_env()
         if self.root is None:
             self._disable("no project root (tim.toml, pyproject.toml, Cargo.toml or .git) above the rootdir")
             return
@@ -251,6 +257,7 @@ class TimPlugin:
         # The daemon answers in the order to run: failed last time first,
         # then new tests, then the fastest.
         order = {node_id: i for i, node_id in enumerate(answer["run"])}
+        self.estimates = dict(zip(answer["run"], answer.get("estimates") or ()))
         selected = sorted((item for item in items if item.nodeid in order), key=lambda i: order[i.nodeid])
         deselected = [item for item in items if item.nodeid not in order]
         if deselected:
@@ -302,6 +309,8 @@ class TimPlugin:
             }
 
     def pytest_runtest_logreport(self, report):
+        if self.progress is not None:
+            self.progress.report(report)
         state = self.current.get(report.nodeid)
         if state is None:
             return
@@ -311,6 +320,8 @@ class TimPlugin:
             state["outcome"] = _worst(state["outcome"], outcome)
 
     def pytest_runtest_logfinish(self, nodeid, location):
+        if self.progress is not None:
+            self.progress.finish(nodeid)
         state = self.current.pop(nodeid, None)
         if state is None or self.recorder is None:
             return
@@ -337,10 +348,29 @@ class TimPlugin:
             self._flush()
 
     def pytest_collection_finish(self, session):
+        if self.progress is not None and not self.is_controller:
+            self.progress.start([item.nodeid for item in session.items], self.estimates)
         # What collecting each file depended on is known now: the daemon
         # stores it while the tests run.
         if self.recorder is not None:
             self._flush(self._unsent_collection())
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        # The controller collects nothing itself: its progress starts with
+        # the first worker's collection (every worker collects alike), and
+        # the daemon's selection for those ids gives their estimates.
+        if self.progress is None or self.progress.started:
+            return
+        estimates = {}
+        if self.conn is not None:
+            tests = [{"id": i, "file": i.split("::", 1)[0]} for i in ids]
+            try:
+                answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests})
+                estimates = dict(zip(answer["run"], answer.get("estimates") or ()))
+            except DaemonError:
+                pass  # progress without an ETA; recording is the workers'
+        self.progress.start(list(ids), estimates)
 
     def _unsent_imports(self):
         """What each project module imported since the last flush ran."""
@@ -383,6 +413,9 @@ class TimPlugin:
         self.pending = []
 
     def pytest_sessionfinish(self, session, exitstatus):
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
         if self.recorder is not None:
             self._flush(self._unsent_collection())
             self.recorder.stop()
@@ -430,6 +463,73 @@ class TimPlugin:
         rel = real[len(root):].replace(os.sep, "/") if real.startswith(root) else None
         self._rel_cache[key] = rel
         return rel
+
+
+class _Progress:
+    """Tells `tim run` how far the run is, for its progress bar: one JSON
+    line per event on the pipe `tim run` passed as TIM_PROGRESS_FD.
+
+    `{"event": "start", "tests": N, "seconds": S}` once the tests to run are
+    known (S: their expected total from history, or null), then
+    `{"event": "done", "outcome": ..., "estimate": seconds or null}` per
+    test. If `tim` goes away, reporting stops; the tests go on."""
+
+    def __init__(self, out):
+        self._out = out
+        self._estimates = {}
+        self._outcomes = {}
+        self.started = False
+
+    @classmethod
+    def from_env(cls):
+        # Taken out of the environment, so that no process the tests start
+        # (xdist workers, a nested pytest) writes to the pipe.
+        fd = os.environ.pop(ENV_PROGRESS_FD, None)
+        if not fd:
+            return None
+        try:
+            return cls(os.fdopen(int(fd), "w", buffering=1, encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            _warn(f"{ENV_PROGRESS_FD}={fd!r} is not a pipe to write progress to ({e}); no progress display")
+            return None
+
+    def _emit(self, event):
+        if self._out is None:
+            return
+        try:
+            self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        except (OSError, ValueError):
+            self.close()
+
+    def start(self, ids, estimates):
+        self.started = True
+        self._estimates = estimates
+        known = [s for s in map(estimates.get, ids) if s is not None]
+        seconds = sum(known) if known else None
+        self._emit({"event": "start", "tests": len(ids), "seconds": seconds})
+
+    def report(self, report):
+        outcome = _outcome(report)
+        if outcome is not None:
+            nodeid = report.nodeid
+            self._outcomes[nodeid] = _worst(self._outcomes.get(nodeid), outcome)
+
+    def finish(self, nodeid):
+        self._emit(
+            {
+                "event": "done",
+                "outcome": self._outcomes.pop(nodeid, None) or "passed",
+                "estimate": self._estimates.get(nodeid),
+            }
+        )
+
+    def close(self):
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except OSError:
+                pass
 
 
 # Markers that say how a test runs, not what kind of test it is.

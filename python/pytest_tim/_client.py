@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 
-PROTOCOL = {"major": 1, "minor": 2}
+PROTOCOL = {"major": 1, "minor": 3}
 CLIENT = "pytest-tim"
 
 ROOT_MARKERS = ("tim.toml", "pyproject.toml", "Cargo.toml", ".git")

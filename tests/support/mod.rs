@@ -507,6 +507,25 @@ impl Lines {
         input.flush().unwrap();
     }
 
+    /// Waits for the process to exit and its output to end; its status and
+    /// every line it printed.
+    pub fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let (tx, rx) = mpsc::channel();
+        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = rx
+            .recv_timeout(PATIENCE)
+            .expect("the process did not exit in time")
+            .unwrap();
+        // The reader ends at the end of the output: then the channel closes.
+        while let Ok(line) = self.rx.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+
     /// Waits for the process to exit; its status.
     pub fn wait(mut self) -> std::process::ExitStatus {
         let (tx, rx) = mpsc::channel();
