@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cache;
 mod history;
 mod lifecycle;
 mod progress;

@@ -2,6 +2,7 @@
 //! daemon (starting or replacing it as needed), sends one request and
 //! prints the answer. It holds no selection logic of its own.
 
+mod cache;
 pub mod connect;
 pub mod error;
 pub mod junit;
@@ -56,6 +57,9 @@ enum Command {
         /// No progress display (a bar with an ETA on a terminal, else a line per tenth of the run).
         #[arg(long)]
         no_progress: bool,
+        /// How cached fixtures use the artifact cache: use (default), refresh (compute all again), replay-only (compute nothing; a missing entry fails its tests). Default: $TIM_CACHE.
+        #[arg(long, value_name = "MODE", value_parser = ["use", "refresh", "replay-only"])]
+        cache: Option<String>,
         /// The Python interpreter to run pytest with (default: $TIM_PYTHON, the active or the root's virtualenv, python3).
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
@@ -127,6 +131,11 @@ enum Command {
         #[command(subcommand)]
         action: DaemonAction,
     },
+    /// The fixture artifact cache: stats, ls, gc, clear.
+    Cache {
+        #[command(subcommand)]
+        action: cache::CacheAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,7 +155,7 @@ enum DaemonAction {
 }
 
 #[derive(Args, Debug, Clone, Copy)]
-struct JsonFlag {
+pub(crate) struct JsonFlag {
     /// Print JSON (the format is documented in README.md and stable).
     #[arg(long)]
     json: bool,
@@ -217,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             order,
             junit,
             no_progress,
+            cache,
             python,
             pytest_args,
         } => {
@@ -231,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     pytest_args,
                     command_line,
                     no_progress,
+                    cache,
                 },
             )
         }
@@ -260,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(flag) => status(&layout, flag.json),
         Command::Changes { since, json } => changes(&layout, since, json.json),
         Command::Daemon { action } => daemon(&layout, action),
+        Command::Cache { action } => cache::run(&layout, action),
     }
 }
 

@@ -23,6 +23,10 @@ const PLUGIN: &[(&str, &str)] = &[
         include_str!("../../python/pytest_tim/__init__.py"),
     ),
     (
+        "_cache.py",
+        include_str!("../../python/pytest_tim/_cache.py"),
+    ),
+    (
         "_client.py",
         include_str!("../../python/pytest_tim/_client.py"),
     ),
@@ -145,6 +149,8 @@ pub struct RunArgs {
     pub command_line: String,
     /// `--no-progress`: no progress display; pytest writes to the terminal.
     pub no_progress: bool,
+    /// `--cache MODE`: the artifact cache's mode for this run.
+    pub cache: Option<String>,
 }
 
 /// `--order` on the command line.
@@ -337,7 +343,10 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
         arg.push(junit);
         pytest_args.push(arg.to_string_lossy().into_owned());
     }
-    let command = runner.command(&plan, &pytest_args)?;
+    let mut command = runner.command(&plan, &pytest_args)?;
+    if let Some(mode) = &args.cache {
+        command.env("TIM_CACHE", mode);
+    }
     let display = if interactive(&args.pytest_args) {
         // The debugger needs the terminal itself.
         crate::progress::Display::Off
@@ -490,7 +499,7 @@ pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::R
 /// Asks the daemon one question. With `json`, prints the answer (and its
 /// warnings) as JSON and returns `None`; else prints the warnings and
 /// returns the answer for the caller to print.
-fn answer<T: serde::Serialize>(
+pub(crate) fn answer<T: serde::Serialize>(
     layout: &Layout,
     question: Request,
     pick: impl FnOnce(Response) -> Option<T>,

@@ -13,11 +13,12 @@
 //!   until no event came for [`SETTLE`] (or [`SETTLE_MAX`] passed), then are
 //!   processed as one batch, committed as one transaction with one clock.
 
+use crate::cache::{ArtifactCache, Claim, Waiter};
 use crate::config::{CONFIG_FILES, Config, WatchMode};
 use crate::index::{Index, Listing, RepoPath};
 use crate::pytest::{Ctx, Pytest, PytestError};
 use crate::scan::{self, DirHook, Filter, Hashed, IGNORE_FILES};
-use crate::store::{Change, FileUpdate, Store};
+use crate::store::{CacheRow, Change, FileUpdate, Store};
 use crate::watch::{FsEvent, Watcher};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,9 @@ impl Reply {
 #[derive(Debug)]
 pub enum Query {
     Status,
-    Changes { since: Option<String> },
+    Changes {
+        since: Option<String>,
+    },
     BeginRun(tim_proto::BeginRunParams),
     Select(tim_proto::SelectParams),
     Record(tim_proto::RecordParams),
@@ -71,6 +74,12 @@ pub enum Query {
     Stats(tim_proto::StatsParams),
     ImportResults(tim_proto::ImportResultsParams),
     Audit(tim_proto::AuditParams),
+    /// With the asking connection (leases belong to connections).
+    CacheGet(tim_proto::CacheGetParams, u64),
+    CachePut(Box<tim_proto::CachePutParams>, u64),
+    CacheAbandon(tim_proto::CacheAbandonParams),
+    CacheStats,
+    CacheGc(tim_proto::CacheGcParams),
 }
 
 impl Query {
@@ -88,6 +97,11 @@ impl Query {
             Query::Stats(_) => "stats",
             Query::ImportResults(_) => "import_results",
             Query::Audit(_) => "audit",
+            Query::CacheGet(..) => "cache_get",
+            Query::CachePut(..) => "cache_put",
+            Query::CacheAbandon(_) => "cache_abandon",
+            Query::CacheStats => "cache_stats",
+            Query::CacheGc(_) => "cache_gc",
         }
     }
 }
@@ -115,6 +129,10 @@ pub enum Event {
         reply: Option<oneshot::Sender<Reply>>,
     },
     Fs(FsEvent),
+    /// A client connection closed: the cache leases it held are free.
+    Disconnected {
+        conn: u64,
+    },
 }
 
 /// Facts about this daemon process that never change.
@@ -157,6 +175,7 @@ pub struct Core {
     index: Index,
     store: Store,
     pytest: Pytest,
+    cache: ArtifactCache<oneshot::Sender<Reply>>,
     events: Sender<Event>,
     watcher: Option<Arc<Watcher>>,
     /// Why watching is degraded; `Some` means "rescan on every query".
@@ -201,6 +220,7 @@ impl Core {
         warnings: Vec<String>,
     ) -> Result<Core, scan::ScanError> {
         let filter = Filter::new(&layout.root, &config.exclude)?;
+        let state_dir = layout.state_dir.clone();
         let mut warnings = warnings;
         let pytest = Pytest::load(&store).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot load test records; every test counts as new");
@@ -218,6 +238,7 @@ impl Core {
             index: Index::default(),
             store,
             pytest,
+            cache: ArtifactCache::new(&state_dir),
             events,
             watcher: None,
             watch_problem: None,
@@ -452,6 +473,12 @@ impl Core {
                     reply,
                 });
             }
+            Event::Disconnected { conn } => {
+                for (key, lease) in self.cache.leases_of(conn) {
+                    tracing::info!(key, "a cache lease holder went away; its waiters take over");
+                    self.cache_release(&key, lease, None, false);
+                }
+            }
             Event::Unsubscribe { id } => {
                 self.last_activity = Instant::now();
                 self.subscribers.retain(|s| s.id != id);
@@ -549,6 +576,13 @@ impl Core {
 
     fn complete(&mut self, work: PendingWork) {
         match work {
+            PendingWork::Query(Query::CacheGet(params, conn), reply) => {
+                self.cache_get(Waiter {
+                    params,
+                    conn,
+                    reply,
+                });
+            }
             PendingWork::Query(query, reply) => {
                 let kind = query.kind();
                 let started = Instant::now();
@@ -598,6 +632,15 @@ impl Core {
         let response = match query {
             Query::Status => self.status().map_err(PytestError::from),
             Query::Changes { since } => self.changes(since).map_err(PytestError::from),
+            Query::CachePut(params, _) => return self.cache_put(*params),
+            Query::CacheAbandon(params) => {
+                if let Some(key) = self.cache.key_of(params.lease) {
+                    self.cache_release(&key, params.lease, None, false);
+                }
+                Ok(Response::Ok(OkReply {}))
+            }
+            Query::CacheStats => self.cache_stats().map_err(PytestError::from),
+            Query::CacheGc(params) => return self.cache_gc(params),
             other => self.pytest_query(other),
         };
         match response {
@@ -634,7 +677,13 @@ impl Core {
         };
         ctx.clock = format!("tim:{}:{}", ctx.store.instance(), ctx.store.seq());
         Ok(match query {
-            Query::Status | Query::Changes { .. } => unreachable!("answered by the core"),
+            Query::Status
+            | Query::Changes { .. }
+            | Query::CacheGet(..)
+            | Query::CachePut(..)
+            | Query::CacheAbandon(_)
+            | Query::CacheStats
+            | Query::CacheGc(_) => unreachable!("answered by the core"),
             Query::BeginRun(params) => {
                 let run_id = self.pytest.begin_run(&mut ctx, params)?;
                 Response::RunStarted(tim_proto::RunStarted {
@@ -660,6 +709,310 @@ impl Core {
                 Response::Ok(tim_proto::OkReply {})
             }
         })
+    }
+
+    // -- the artifact cache ---------------------------------------------------
+
+    /// Answers a `cache_get` now, or parks it while another connection
+    /// computes the entry.
+    fn cache_get(&mut self, waiter: Waiter<oneshot::Sender<Reply>>) {
+        let waiter = match self.cache.claim(waiter) {
+            Claim::Parked => return,
+            Claim::Free(w) => w,
+        };
+        let reply = match self.cache_lookup(&waiter.params, waiter.conn) {
+            Ok(answer) => Reply::plain(Response::CacheEntry(answer)),
+            Err(e) => internal_error(&e.to_string(), &self.layout),
+        };
+        let _ = waiter.reply.send(reply);
+    }
+
+    /// A hit, a lease to compute, or (replay-only) why there is nothing.
+    fn cache_lookup(
+        &mut self,
+        params: &tim_proto::CacheGetParams,
+        conn: u64,
+    ) -> Result<tim_proto::CacheAnswer, PytestError> {
+        use tim_proto::{CacheAnswer, CacheMode, CacheStatus};
+        let key = params.key.as_str();
+        let refresh =
+            params.mode == CacheMode::Refresh && self.cache.must_refresh(params.run_id, key);
+        let why = match self.store.cache_entry(key)? {
+            _ if refresh => "refresh".to_owned(),
+            None => "no entry".to_owned(),
+            Some(row) => match self.cache_validity(&row) {
+                None => {
+                    self.store
+                        .cache_hit(key, &row.fixture, row.produce_seconds)?;
+                    return Ok(CacheAnswer {
+                        status: CacheStatus::Hit,
+                        path: Some(self.cache.blob_path(&row.blob).display().to_string()),
+                        serializer: Some(row.serializer),
+                        lease: None,
+                        why: None,
+                        produce_seconds: Some(row.produce_seconds),
+                    });
+                }
+                Some(why) => why,
+            },
+        };
+        if params.mode == CacheMode::ReplayOnly {
+            return Ok(CacheAnswer {
+                status: CacheStatus::Missing,
+                path: None,
+                serializer: None,
+                lease: None,
+                why: Some(why),
+                produce_seconds: None,
+            });
+        }
+        if let Err(e) = self.cache.prepare() {
+            tracing::warn!(error = %e, "cannot create the cache's tmp directory");
+        }
+        let lease = self.cache.lease(key, conn);
+        Ok(CacheAnswer {
+            status: CacheStatus::Compute,
+            path: Some(self.cache.dir().join("tmp").display().to_string()),
+            serializer: None,
+            lease: Some(lease),
+            why: Some(why),
+            produce_seconds: None,
+        })
+    }
+
+    /// Why a stored entry may not be used (`None`: it may). A corrupt blob
+    /// is deleted on the way.
+    fn cache_validity(&mut self, row: &CacheRow) -> Option<String> {
+        if !self.cache.verify(&row.blob) {
+            tracing::warn!(
+                key = row.key,
+                blob = row.blob,
+                "corrupt or missing cache blob; recomputing"
+            );
+            self.cache.delete_blob(&row.blob);
+            return Some("corrupt blob (its content no longer matches its digest)".to_owned());
+        }
+        let deps = match &row.deps {
+            None => return None,
+            Some(None) => return Some("recorded by another version of tim".to_owned()),
+            Some(Some(deps)) => deps,
+        };
+        let ctx = Ctx {
+            root: &self.layout.root,
+            history_keep: self.config.history_keep,
+            order: self.config.order,
+            index: &self.index,
+            filter: &self.filter,
+            store: &mut self.store,
+            clock: String::new(),
+        };
+        self.pytest.stale_reason(&ctx, deps, row.env)
+    }
+
+    fn cache_put(&mut self, params: tim_proto::CachePutParams) -> Reply {
+        match self.cache_store(&params) {
+            Ok(path) => {
+                self.cache_release(&params.key, params.lease, params.run_id, true);
+                Reply::plain(Response::CacheEntry(tim_proto::CacheAnswer {
+                    status: tim_proto::CacheStatus::Hit,
+                    path: Some(path),
+                    serializer: Some(params.serializer),
+                    lease: None,
+                    why: None,
+                    produce_seconds: Some(params.produce_seconds),
+                }))
+            }
+            Err(e) => {
+                // The lease is given up: a waiter computes instead.
+                self.cache_release(&params.key, params.lease, None, false);
+                let _ = std::fs::remove_file(&params.tmp);
+                Reply::plain(Response::Error(ErrorReply::new(
+                    ErrorCode::InvalidRequest,
+                    e.to_string(),
+                )))
+            }
+        }
+    }
+
+    fn cache_store(&mut self, params: &tim_proto::CachePutParams) -> Result<String, PytestError> {
+        if !self.cache.may_store(&params.key, params.lease) {
+            return Err(PytestError::Cache(crate::cache::CacheError::LeaseLost {
+                key: params.key.clone(),
+            }));
+        }
+        let (deps, env) = match &params.deps {
+            Some(deps) => {
+                let ctx = Ctx {
+                    root: &self.layout.root,
+                    history_keep: self.config.history_keep,
+                    order: self.config.order,
+                    index: &self.index,
+                    filter: &self.filter,
+                    store: &mut self.store,
+                    clock: String::new(),
+                };
+                let (deps, env) = self.pytest.producer_deps(&ctx, params.run_id, deps)?;
+                (Some(Some(deps)), env)
+            }
+            None => (None, None),
+        };
+        let (blob, size) = self.cache.adopt(&params.tmp).map_err(PytestError::Cache)?;
+        let old = self.store.cache_entry(&params.key)?;
+        let now = crate::store::now_ms();
+        self.store.cache_put(&CacheRow {
+            key: params.key.clone(),
+            fixture: params.fixture.clone(),
+            blob: blob.clone(),
+            size,
+            serializer: params.serializer.clone(),
+            deps,
+            env,
+            produce_seconds: params.produce_seconds.max(0.0),
+            created_ms: now,
+            used_ms: now,
+            hits: 0,
+        })?;
+        if let Some(old) = old
+            && old.blob != blob
+            && !self.store.cache_blob_used(&old.blob)?
+        {
+            self.cache.delete_blob(&old.blob);
+        }
+        tracing::info!(
+            key = params.key,
+            fixture = params.fixture,
+            size,
+            "cache entry stored"
+        );
+        self.cache_evict(crate::cache::DEFAULT_MAX_BYTES)?;
+        Ok(self.cache.blob_path(&blob).display().to_string())
+    }
+
+    /// Ends a lease and asks the questions that waited for it again: the
+    /// first gets the stored entry, or the lease.
+    fn cache_release(&mut self, key: &str, lease: u64, run: Option<u64>, stored: bool) {
+        for waiter in self.cache.release(key, lease, run, stored) {
+            self.cache_get(waiter);
+        }
+    }
+
+    /// Evicts least recently used entries until the blobs take at most
+    /// `max_bytes` (never one being computed); (removed, freed, kept, bytes).
+    fn cache_evict(&mut self, max_bytes: u64) -> Result<(u64, u64, u64, u64), PytestError> {
+        let entries = self.store.cache_entries()?;
+        let mut bytes: u64 = entries.iter().map(|e| e.size).sum();
+        let mut gone = Vec::new();
+        let mut freed = 0;
+        for e in &entries {
+            if bytes <= max_bytes {
+                break;
+            }
+            if self.cache.leased(&e.key) {
+                continue;
+            }
+            bytes -= e.size;
+            freed += e.size;
+            gone.push(e.clone());
+        }
+        if gone.is_empty() {
+            return Ok((0, 0, entries.len() as u64, bytes));
+        }
+        let keys: Vec<String> = gone.iter().map(|e| e.key.clone()).collect();
+        self.store.cache_remove(&keys)?;
+        for e in &gone {
+            if !self.store.cache_blob_used(&e.blob)? {
+                self.cache.delete_blob(&e.blob);
+            }
+        }
+        tracing::info!(removed = gone.len(), freed, "cache entries evicted");
+        Ok((
+            gone.len() as u64,
+            freed,
+            (entries.len() - gone.len()) as u64,
+            bytes,
+        ))
+    }
+
+    fn cache_gc(&mut self, params: tim_proto::CacheGcParams) -> Reply {
+        let result = if params.clear {
+            self.cache_evict(0).and_then(|r| {
+                self.store.cache_clear_counters()?;
+                if let Err(e) = self.cache.delete_all() {
+                    tracing::warn!(error = %e, "cannot empty the cache directory");
+                }
+                Ok(r)
+            })
+        } else {
+            self.cache_evict(params.max_bytes.unwrap_or(crate::cache::DEFAULT_MAX_BYTES))
+        };
+        match result {
+            Ok((removed, freed_bytes, kept, bytes)) => {
+                Reply::plain(Response::CacheGc(tim_proto::CacheGcReply {
+                    removed,
+                    freed_bytes,
+                    kept,
+                    bytes,
+                }))
+            }
+            Err(e) => internal_error(&e.to_string(), &self.layout),
+        }
+    }
+
+    fn cache_stats(&self) -> Result<Response, crate::store::StoreError> {
+        let entries = self.store.cache_entries()?;
+        let mut fixtures: std::collections::BTreeMap<String, tim_proto::CacheFixtureStats> = self
+            .store
+            .cache_counters()?
+            .into_iter()
+            .map(|c| {
+                (
+                    c.fixture.clone(),
+                    tim_proto::CacheFixtureStats {
+                        fixture: c.fixture,
+                        entries: 0,
+                        bytes: 0,
+                        hits: c.hits,
+                        misses: c.misses,
+                        saved_seconds: c.saved_seconds,
+                    },
+                )
+            })
+            .collect();
+        for e in &entries {
+            let f =
+                fixtures
+                    .entry(e.fixture.clone())
+                    .or_insert_with(|| tim_proto::CacheFixtureStats {
+                        fixture: e.fixture.clone(),
+                        entries: 0,
+                        bytes: 0,
+                        hits: 0,
+                        misses: 0,
+                        saved_seconds: 0.0,
+                    });
+            f.entries += 1;
+            f.bytes += e.size;
+        }
+        Ok(Response::CacheStats(tim_proto::CacheStatsReply {
+            dir: self.cache.dir().display().to_string(),
+            bytes: entries.iter().map(|e| e.size).sum(),
+            entries: entries
+                .into_iter()
+                .rev()
+                .map(|e| tim_proto::CacheEntryInfo {
+                    key: e.key,
+                    fixture: e.fixture,
+                    size: e.size,
+                    serializer: e.serializer,
+                    tracks_code: e.deps.is_some(),
+                    produce_seconds: e.produce_seconds,
+                    hits: e.hits,
+                    created_ms: e.created_ms,
+                    used_ms: e.used_ms,
+                })
+                .collect(),
+            fixtures: fixtures.into_values().collect(),
+        }))
     }
 
     fn status(&self) -> Result<Response, crate::store::StoreError> {
@@ -1004,6 +1357,18 @@ fn parse_clock(clock: &str, instance: &str, current: u64) -> Result<u64, String>
         Ok(_) => Err("the clock is ahead of this database".into()),
         Err(_) => Err(format!("{clock:?} is not a tim clock")),
     }
+}
+
+/// The answer to a query that failed inside the daemon.
+fn internal_error(error: &str, layout: &Layout) -> Reply {
+    tracing::error!(error, "query failed");
+    Reply::plain(Response::Error(ErrorReply::new(
+        ErrorCode::Internal,
+        format!(
+            "the daemon could not answer: {error}; see {}",
+            layout.log().display()
+        ),
+    )))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! and only then let the process exit, which closes the open connections.
 
 pub mod audit;
+pub mod cache;
 pub mod config;
 pub mod core;
 pub mod git;

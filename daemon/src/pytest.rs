@@ -16,7 +16,7 @@ use crate::index::{ContentHash, Index, RepoPath};
 use crate::pyenv::{self, EnvChange, Snapshot};
 use crate::pyparse::{self, MODULE_BLOCK, Mode, ParsedModule};
 use crate::scan::Filter;
-use crate::store::{Batch, NewRun, NewTest, Store, StoreError};
+use crate::store::{Batch, CacheRow, NewRun, NewTest, Store, StoreError};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -58,6 +58,8 @@ pub enum PytestError {
     UnknownRun(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 struct TestRecord {
@@ -878,6 +880,22 @@ impl Pytest {
         if let Some(why) = &deps.incomplete {
             out.insert(Dep::Incomplete { why: why.clone() });
         }
+        // Fixtures served from the artifact cache: what producing them
+        // depended on (an entry of inputs only adds nothing).
+        for key in &deps.artifacts {
+            match ctx.store.cache_entry(key)? {
+                Some(CacheRow { deps: None, .. }) => {}
+                Some(CacheRow {
+                    deps: Some(Some(list)),
+                    ..
+                }) => out.extend(list),
+                _ => {
+                    out.insert(Dep::Incomplete {
+                        why: format!("the artifact cache entry {key} is gone"),
+                    });
+                }
+            }
+        }
         for (file, qualnames) in &deps.code {
             let path = RepoPath::new(file.clone());
             // Untracked code (an ignored directory, a virtualenv inside the
@@ -1442,6 +1460,58 @@ impl Pytest {
             ctx.store.run_count()?,
             limit,
         ))
+    }
+
+    /// What producing a cache artifact depended on, as for a test's record
+    /// (its run's clock and environment); and that environment.
+    pub fn producer_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        run_id: Option<u64>,
+        deps: &Deps,
+    ) -> Result<(Vec<Dep>, Option<i64>), PytestError> {
+        let (clock, env_id) = match run_id {
+            Some(run) => {
+                let state = self.run_state(ctx, run)?;
+                (state.clock, Some(state.env))
+            }
+            None => (ctx.store.seq(), self.latest_env),
+        };
+        let env = env_id.and_then(|id| self.envs.get(&id).cloned());
+        let resolver = self.resolver(env.as_deref());
+        let mut closures = HashMap::new();
+        let mut out = self.resolve_deps(ctx, &resolver, &mut closures, clock, deps)?;
+        self.expand_imports(&mut out, &HashMap::new());
+        self.add_literal_deps(ctx, &mut out, false);
+        Ok((out.into_iter().collect(), env_id))
+    }
+
+    /// Why a cache artifact produced with `deps` in environment `env` is no
+    /// longer valid, or `None` while it is.
+    pub fn stale_reason(
+        &mut self,
+        ctx: &Ctx<'_>,
+        deps: &[Dep],
+        env: Option<i64>,
+    ) -> Option<String> {
+        let now = self.current_env(None);
+        let change = match (env.and_then(|id| self.envs.get(&id)), &now) {
+            (Some(old), Some(now)) => pyenv::diff(old, now),
+            _ => None,
+        };
+        if let Some(EnvChange::Everything(why)) = &change {
+            return Some(why.clone());
+        }
+        let mut tree = Current {
+            index: ctx.index,
+            filter: ctx.filter,
+            parsed: &mut self.parsed,
+            patterns: &self.patterns,
+        };
+        let mut eval = Evaluator::new(&mut tree, change.as_ref());
+        deps.iter()
+            .find_map(|dep| eval.stale(dep))
+            .map(|reason| reason.to_string())
     }
 
     pub fn why(&mut self, ctx: &mut Ctx<'_>, params: WhyParams) -> WhyReply {

@@ -357,6 +357,14 @@ pub fn hash_file(abs: &Path, listed: Stat) -> Hashed {
     })
 }
 
+/// The blake3 hash of a file's contents and its length (artifacts of the
+/// fixture cache are named by it).
+pub fn hash_contents(path: &Path) -> io::Result<(ContentHash, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok((ContentHash(*hasher.finalize().as_bytes()), hasher.count()))
+}
+
 fn unreadable(stat: Stat, error: &io::Error) -> FileMeta {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"unreadable\0");

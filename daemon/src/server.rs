@@ -172,7 +172,26 @@ fn frame(id: u64, reply: Reply) -> ResponseFrame {
     }
 }
 
+/// Tells the core when a connection ends, however it ends: the artifact
+/// cache's leases belong to connections (a worker that died gives its
+/// lease to the next in line).
+struct ConnectionGuard {
+    id: u64,
+    core: std::sync::mpsc::Sender<Event>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let _ = self.core.send(Event::Disconnected { conn: self.id });
+    }
+}
+
 async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let conn = ConnectionGuard {
+        id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        core: server.core.clone(),
+    };
     // `&Stream` reads and writes; the buffered reader and the writer share it.
     let writer = &stream;
     let mut reader = BufReader::new(&stream);
@@ -200,7 +219,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Err(e) => {
                 let message = match e.code() {
                     ErrorCode::UnknownRequest => format!(
-                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats, import_results, audit",
+                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats, import_results, audit, cache_get, cache_put, cache_abandon, cache_stats, cache_gc",
                         server.identity.daemon_version
                     ),
                     _ => e.to_string(),
@@ -292,6 +311,13 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Request::ImportResults(p) => {
                 query(&server, writer, id, Query::ImportResults(p)).await?
             }
+            Request::CacheGet(p) => query(&server, writer, id, Query::CacheGet(p, conn.id)).await?,
+            Request::CachePut(p) => {
+                query(&server, writer, id, Query::CachePut(Box::new(p), conn.id)).await?
+            }
+            Request::CacheAbandon(p) => query(&server, writer, id, Query::CacheAbandon(p)).await?,
+            Request::CacheStats(_) => query(&server, writer, id, Query::CacheStats).await?,
+            Request::CacheGc(p) => query(&server, writer, id, Query::CacheGc(p)).await?,
         }
     }
 }

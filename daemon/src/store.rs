@@ -942,6 +942,166 @@ fn unhex(value: &Value) -> Option<Option<ContentHash>> {
     }
 }
 
+/// One entry of the artifact cache's index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheRow {
+    pub key: String,
+    pub fixture: String,
+    /// blake3 hex of the artifact.
+    pub blob: String,
+    pub size: u64,
+    pub serializer: String,
+    /// `None`: depends on its inputs only. `Some(None)`: unreadable (an
+    /// entry of another tim), treated as invalid.
+    pub deps: Option<Option<Vec<Dep>>>,
+    pub env: Option<i64>,
+    pub produce_seconds: f64,
+    pub created_ms: u64,
+    pub used_ms: u64,
+    pub hits: u64,
+}
+
+/// Per-fixture counters of the artifact cache.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CacheCounters {
+    pub fixture: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub saved_seconds: f64,
+}
+
+const CACHE_COLUMNS: &str =
+    "key, fixture, blob, size, serializer, deps, env_id, produce_s, created_ms, used_ms, hits";
+
+fn cache_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheRow> {
+    let deps: Option<String> = r.get(5)?;
+    Ok(CacheRow {
+        key: r.get(0)?,
+        fixture: r.get(1)?,
+        blob: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        serializer: r.get(4)?,
+        deps: deps.map(|text| {
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| decode_deps(&v))
+        }),
+        env: r.get(6)?,
+        produce_seconds: r.get(7)?,
+        created_ms: r.get::<_, i64>(8)? as u64,
+        used_ms: r.get::<_, i64>(9)? as u64,
+        hits: r.get::<_, i64>(10)? as u64,
+    })
+}
+
+impl Store {
+    pub fn cache_entry(&self, key: &str) -> Result<Option<CacheRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {CACHE_COLUMNS} FROM cache_entry WHERE key = ?1"
+        ))?;
+        Ok(stmt.query_row([key], cache_row).optional()?)
+    }
+
+    /// Every entry, least recently used first.
+    pub fn cache_entries(&self) -> Result<Vec<CacheRow>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {CACHE_COLUMNS} FROM cache_entry ORDER BY used_ms, key"
+        ))?;
+        let rows = stmt.query_map([], cache_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores (or replaces) an entry and counts the miss that produced it.
+    pub fn cache_put(&mut self, row: &CacheRow) -> Result<(), StoreError> {
+        let deps = row
+            .deps
+            .as_ref()
+            .map(|d| encode_deps(d.as_deref().unwrap_or(&[])).to_string());
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO cache_entry ({CACHE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)"
+            ),
+            params![
+                row.key,
+                row.fixture,
+                row.blob,
+                row.size as i64,
+                row.serializer,
+                deps,
+                row.env,
+                row.produce_seconds,
+                row.created_ms as i64,
+                row.used_ms as i64,
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO cache_fixture (fixture, misses) VALUES (?1, 1)
+             ON CONFLICT (fixture) DO UPDATE SET misses = misses + 1",
+            [&row.fixture],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counts a hit: the entry was used now, sparing its producing time.
+    pub fn cache_hit(&mut self, key: &str, fixture: &str, saved: f64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE cache_entry SET hits = hits + 1, used_ms = ?2 WHERE key = ?1",
+            params![key, now_ms() as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO cache_fixture (fixture, hits, saved_s) VALUES (?1, 1, ?2)
+             ON CONFLICT (fixture) DO UPDATE SET hits = hits + 1, saved_s = saved_s + ?2",
+            params![fixture, saved],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn cache_remove(&mut self, keys: &[String]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM cache_entry WHERE key = ?1")?;
+            for key in keys {
+                del.execute([key])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether another entry still uses the blob `blob`.
+    pub fn cache_blob_used(&self, blob: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM cache_entry WHERE blob = ?1 LIMIT 1")?;
+        Ok(stmt.exists([blob])?)
+    }
+
+    pub fn cache_counters(&self) -> Result<Vec<CacheCounters>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fixture, hits, misses, saved_s FROM cache_fixture ORDER BY fixture")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CacheCounters {
+                fixture: r.get(0)?,
+                hits: r.get::<_, i64>(1)? as u64,
+                misses: r.get::<_, i64>(2)? as u64,
+                saved_seconds: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets the per-fixture counters (`tim cache clear`).
+    pub fn cache_clear_counters(&mut self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM cache_fixture", [])?;
+        Ok(())
+    }
+}
+
 /// Dependency sets are stored as JSON arrays of short tagged arrays:
 /// `["c", file, file_hash, block, hash]`, `["f", path, hash]`,
 /// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`, `["i", why]`. Readable with `sqlite3` when

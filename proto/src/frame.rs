@@ -108,6 +108,11 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::Stats(x) => data(x),
         Request::ImportResults(x) => data(x),
         Request::Audit(x) => data(x),
+        Request::CacheGet(x) => data(x),
+        Request::CachePut(x) => data(x),
+        Request::CacheAbandon(x) => data(x),
+        Request::CacheStats(x) => data(x),
+        Request::CacheGc(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -136,6 +141,11 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "stats" => Request::Stats(parse(env)?),
         "import_results" => Request::ImportResults(parse(env)?),
         "audit" => Request::Audit(parse(env)?),
+        "cache_get" => Request::CacheGet(parse(env)?),
+        "cache_put" => Request::CachePut(parse(env)?),
+        "cache_abandon" => Request::CacheAbandon(parse(env)?),
+        "cache_stats" => Request::CacheStats(parse(env)?),
+        "cache_gc" => Request::CacheGc(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",
@@ -166,6 +176,9 @@ pub fn encode_response(frame: &ResponseFrame) -> Vec<u8> {
         Response::Why(x) => data(x),
         Response::Stats(x) => data(x),
         Response::Audit(x) => data(x),
+        Response::CacheEntry(x) => data(x),
+        Response::CacheStats(x) => data(x),
+        Response::CacheGc(x) => data(x),
     };
     to_line(&Envelope {
         id: frame.id,
@@ -194,6 +207,9 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
         "why" => Response::Why(parse(env)?),
         "stats" => Response::Stats(parse(env)?),
         "audit" => Response::Audit(parse(env)?),
+        "cache_entry" => Response::CacheEntry(parse(env)?),
+        "cache_stats" => Response::CacheStats(parse(env)?),
+        "cache_gc" => Response::CacheGc(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "response",

@@ -25,6 +25,8 @@ pub const DAEMON_CAPABILITIES: &[&str] = &[
     "stats",
     "import_results",
     "audit",
+    // Protocol 1.3: the fixture artifact cache.
+    "cache",
 ];
 
 /// A request from a client, with the id its response will carry.
@@ -70,6 +72,20 @@ pub enum Request {
     ImportResults(ImportResultsParams),
     /// 1.2: every known test's last duration against its time budget.
     Audit(AuditParams),
+    /// 1.3: looks an artifact up: a hit (its path), a lease to compute it,
+    /// or (replay-only) why there is none. While another connection holds
+    /// the lease, the answer waits for it.
+    CacheGet(CacheGetParams),
+    /// 1.3: stores what the holder of a lease computed; answers
+    /// `cache_entry` (a hit).
+    CachePut(CachePutParams),
+    /// 1.3: gives a lease back without a result (the producer failed);
+    /// answers `ok`.
+    CacheAbandon(CacheAbandonParams),
+    /// 1.3: the cache's entries and per-fixture counters.
+    CacheStats(CacheStatsParams),
+    /// 1.3: evicts least recently used entries above a size, or all.
+    CacheGc(CacheGcParams),
 }
 
 impl Request {
@@ -89,6 +105,11 @@ impl Request {
             Request::Stats(_) => "stats",
             Request::ImportResults(_) => "import_results",
             Request::Audit(_) => "audit",
+            Request::CacheGet(_) => "cache_get",
+            Request::CachePut(_) => "cache_put",
+            Request::CacheAbandon(_) => "cache_abandon",
+            Request::CacheStats(_) => "cache_stats",
+            Request::CacheGc(_) => "cache_gc",
         }
     }
 }
@@ -149,6 +170,9 @@ pub enum Response {
     Why(WhyReply),
     Stats(StatsReply),
     Audit(AuditReply),
+    CacheEntry(CacheAnswer),
+    CacheStats(CacheStatsReply),
+    CacheGc(CacheGcReply),
 }
 
 impl Response {
@@ -167,6 +191,9 @@ impl Response {
             Response::Why(_) => "why",
             Response::Stats(_) => "stats",
             Response::Audit(_) => "audit",
+            Response::CacheEntry(_) => "cache_entry",
+            Response::CacheStats(_) => "cache_stats",
+            Response::CacheGc(_) => "cache_gc",
         }
     }
 }
@@ -442,6 +469,10 @@ pub struct Deps {
     /// Root-relative directories listed.
     #[serde(default)]
     pub dirs: Vec<String>,
+    /// (1.3) Keys of the cache entries used (fixtures served from the
+    /// artifact cache): the daemon adds what producing each depended on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
     /// Set when recording may have missed something (tracing was switched
     /// off by the code under test): the record then keeps the test
     /// affected until a complete one replaces it.
@@ -743,4 +774,139 @@ pub struct AuditEntry {
     /// The rule that set the budget, e.g. `marker slow`, `path tests/e2e/**`,
     /// `default`.
     pub rule: String,
+}
+
+/// How a run uses the artifact cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// A valid entry is used; a missing or invalid one is computed.
+    #[default]
+    Use,
+    /// Every entry is computed again (once per run) and overwritten.
+    Refresh,
+    /// Nothing is computed: a missing or invalid entry is an error.
+    ReplayOnly,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheGetParams {
+    /// The run asking (refresh recomputes an entry once per run).
+    #[serde(default)]
+    pub run_id: Option<u64>,
+    /// The entry's identity: the fixture and its inputs, as the plugin
+    /// composes it.
+    pub key: String,
+    /// For people: `tests/conftest.py::irs`.
+    pub fixture: String,
+    #[serde(default)]
+    pub mode: CacheMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CachePutParams {
+    #[serde(default)]
+    pub run_id: Option<u64>,
+    pub lease: u64,
+    pub key: String,
+    pub fixture: String,
+    /// The artifact, written by the producer under `.tim/cache/tmp/`; the
+    /// daemon moves it into the store.
+    pub tmp: String,
+    pub serializer: String,
+    /// What producing it ran and read; `None`: it depends on its inputs
+    /// only (never invalidated by code).
+    #[serde(default)]
+    pub deps: Option<Deps>,
+    pub produce_seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheAbandonParams {
+    pub lease: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    /// `path` holds the artifact (its digest was just verified).
+    Hit,
+    /// Compute it and `cache_put` it with `lease`.
+    Compute,
+    /// Replay-only and nothing valid: `why` says what is missing.
+    Missing,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheAnswer {
+    pub status: CacheStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serializer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// Why it must be computed or is missing: `no entry`, `changed:
+    /// pkg/translate.py::translate`, `corrupt blob`, `refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// What computing it took, when it was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheStatsParams {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheEntryInfo {
+    pub key: String,
+    pub fixture: String,
+    pub size: u64,
+    pub serializer: String,
+    /// False: depends on its inputs only.
+    pub tracks_code: bool,
+    pub produce_seconds: f64,
+    pub hits: u64,
+    pub created_ms: u64,
+    pub used_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheFixtureStats {
+    pub fixture: String,
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Producing time not spent thanks to hits.
+    pub saved_seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheStatsReply {
+    /// Where the blobs live.
+    pub dir: String,
+    pub entries: Vec<CacheEntryInfo>,
+    pub fixtures: Vec<CacheFixtureStats>,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheGcParams {
+    /// Keep at most this many bytes (least recently used go first);
+    /// absent: the configured cap.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Remove everything.
+    #[serde(default)]
+    pub clear: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheGcReply {
+    pub removed: u64,
+    pub freed_bytes: u64,
+    pub kept: u64,
+    pub bytes: u64,
 }

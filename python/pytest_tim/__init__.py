@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from pytest_tim._cache import ArtifactCache, artifact_cache, cached_fixture, mode_of
 from pytest_tim._client import Connection, DaemonError, find_root, locate_socket
 from pytest_tim._instrument import Instrumenter
 from pytest_tim._recorder import Recorder, backend_choice, project_filter
@@ -52,6 +53,14 @@ def pytest_addoption(parser):
         help="run every collected test and record what each depends on",
     )
     group.addoption(
+        "--tim-cache",
+        choices=("use", "refresh", "replay-only"),
+        default=None,
+        help="the artifact cache (tim's cached fixtures): use valid entries and compute the rest (default), "
+        "refresh (compute everything again), replay-only (compute nothing: a missing entry fails); "
+        "default: $TIM_CACHE, else use",
+    )
+    group.addoption(
         "--tim-order",
         choices=ORDERS,
         default=None,
@@ -82,6 +91,16 @@ def _root(config):
 
 _INSTRUMENTER = pytest.StashKey()
 _RECORDER = pytest.StashKey()
+_CACHE = pytest.StashKey()
+
+__all__ = ["ArtifactCache", "artifact_cache", "cached_fixture"]
+
+
+@pytest.fixture(scope="session")
+def tim_cache(request):
+    """tim's artifact cache: `tim_cache.get_or_create(key, producer, ...)`,
+    with `cache_hits`, `cache_misses` and `hit_rate`."""
+    return artifact_cache(request.config)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -158,6 +177,10 @@ class TimPlugin:
         # Only the main process reports progress (xdist workers' results
         # reach the controller's hooks too).
         self.progress = None if self.is_worker else _Progress.from_env()
+        self._warned = set()
+        # Cached fixtures ask the daemon through this plugin's connection
+        # (computing everything when there is none).
+        config.stash[_CACHE] = ArtifactCache(self, mode_of(config))
         if self.root is None:
             self._disable("no project root (tim.toml, pyproject.toml, Cargo.toml or .git) above the rootdir")
             return
@@ -207,6 +230,11 @@ class TimPlugin:
             self.conn = None
         _stop_recording(self.config)
         self.recorder = None
+
+    def _warn_once(self, message):
+        if message not in self._warned:
+            self._warned.add(message)
+            _warn(message)
 
     def _warn_all(self, warnings):
         for w in warnings or ():

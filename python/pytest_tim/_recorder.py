@@ -41,12 +41,14 @@ _IMPORTLIB = os.sep + "importlib" + os.sep
 
 
 class Context:
-    __slots__ = ("code", "files", "dirs", "incomplete")
+    __slots__ = ("code", "files", "dirs", "artifacts", "incomplete")
 
     def __init__(self):
         self.code = set()
         self.files = set()
         self.dirs = set()
+        # Keys of artifact cache entries used: what produced them counts.
+        self.artifacts = set()
         # Why recording may have missed something while this context was
         # open (None: nothing known to be missed).
         self.incomplete = None
@@ -55,6 +57,7 @@ class Context:
         self.code |= other.code
         self.files |= other.files
         self.dirs |= other.dirs
+        self.artifacts |= other.artifacts
         self.incomplete = self.incomplete or other.incomplete
 
     def to_wire(self, root):
@@ -83,6 +86,8 @@ class Context:
             wire["files"] = sorted(r for r in map(lambda p: _project_relative(root, p), self.files) if r)
         if self.dirs:
             wire["dirs"] = sorted(r for r in map(lambda p: _project_relative(root, p), self.dirs) if r is not None)
+        if self.artifacts:
+            wire["artifacts"] = sorted(self.artifacts)
         if self.incomplete:
             wire["incomplete"] = self.incomplete
         return wire
@@ -223,6 +228,11 @@ class Recorder:
             for other in self._active:
                 other.incomplete = other.incomplete or lost
         return ctx
+
+    def add_artifact(self, key):
+        """Every open context used the artifact cache entry `key`."""
+        for ctx in self._active:
+            ctx.artifacts.add(key)
 
     def _audit(self, event, args):
         # Called for every audit event of the process (`id()`, attribute
