@@ -206,8 +206,13 @@ class ArtifactCache:
 
 
 def _caller():
+    """`file.py::function` of whoever called `get_or_create`, skipping
+    comprehensions and lambdas (`<dictcomp>`, `<lambda>`)."""
     frame = sys._getframe(2)
-    return f"{os.path.basename(frame.f_code.co_filename)}::{frame.f_code.co_qualname if hasattr(frame.f_code, 'co_qualname') else frame.f_code.co_name}"
+    while frame.f_back is not None and frame.f_code.co_name.startswith("<") and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    code = frame.f_code
+    return f"{os.path.basename(code.co_filename)}::{getattr(code, 'co_qualname', code.co_name)}"
 
 
 _NO_PARAM = object()
