@@ -368,3 +368,44 @@ fn a_worker_killed_while_computing_hands_over_to_another() {
     assert_eq!(log_lines(&c, "start"), 2, "{out}");
     assert_eq!(log_lines(&c, "done"), 1, "{out}");
 }
+
+#[test]
+fn exported_recordings_replay_in_another_checkout() {
+    let a = Pipeline::new(PIPELINE);
+    a.run(&["--all"]);
+    let export = tempfile::tempdir().unwrap();
+    let dir = export.path().join("recordings");
+    let out = a.p.tim_ok(&["cache", "export", dir.to_str().unwrap()]);
+    assert!(out.contains("exported 2 entries"), "{out}");
+
+    // A fresh checkout of the same project, without credentials.
+    let b = Pipeline::new(PIPELINE);
+    let out = b.p.tim_ok(&["cache", "import", dir.to_str().unwrap()]);
+    assert!(out.contains("imported 2 entries"), "{out}");
+    let out = b.run(&["--all", "--cache", "replay-only"]);
+    assert!(out.contains("3 passed"), "{out}");
+    assert_eq!(b.calls(), (0, 0), "nothing computed");
+
+    // An artifact damaged on the way is left out, never imported.
+    let blobs: Vec<_> = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(blobs.len(), 2);
+    std::fs::write(&blobs[0], b"damaged").unwrap();
+    let c = Pipeline::new(PIPELINE);
+    let out = c.p.tim_ok(&["cache", "import", dir.to_str().unwrap()]);
+    assert!(out.contains("imported 1 entries"), "{out}");
+    assert!(
+        out.contains("left out: ") && out.contains("does not match its digest"),
+        "{out}"
+    );
+    let bad =
+        c.p.tim(&["cache", "import", export.path().to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a tim cache export"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -1,11 +1,13 @@
 //! `tim cache stats|ls|gc|clear`: the fixture artifact cache, as the daemon
 //! keeps it (the daemon owns `.tim/cache/` and its index).
 
+use crate::error::ClientError;
 use crate::error::exit;
 use crate::pytest::{answer, seconds_words};
 use tim_proto::layout::Layout;
 use tim_proto::{
-    CacheGcParams, CacheGcReply, CacheStatsParams, CacheStatsReply, Request, Response,
+    CacheGcParams, CacheGcReply, CacheStatsParams, CacheStatsReply, CacheTransferParams,
+    CacheTransferReply, Request, Response,
 };
 
 #[derive(clap::Subcommand, Debug)]
@@ -20,10 +22,10 @@ pub enum CacheAction {
         #[command(flatten)]
         json: crate::JsonFlag,
     },
-    /// Evict least recently used entries until the cache holds at most SIZE (default 2GiB).
+    /// Evict least recently used entries until the cache holds at most SIZE (default: [cache] max_size, 2GiB).
     Gc {
         /// The size to keep: bytes, or with a unit (500MB, 2GiB).
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        #[arg(long, value_name = "SIZE", value_parser = tim_daemon::config::parse_size)]
         max_size: Option<u64>,
         #[command(flatten)]
         json: crate::JsonFlag,
@@ -33,34 +35,18 @@ pub enum CacheAction {
         #[command(flatten)]
         json: crate::JsonFlag,
     },
-}
-
-/// `123`, `500KB`, `500MB`, `2GB` (powers of 1000) or `KiB`, `MiB`, `GiB`
-/// (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a size: write bytes, or a number with KB, MB, GB, KiB, MiB or GiB")
-    })?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" | "k" => 1000,
-        "mb" | "m" => 1000 * 1000,
-        "gb" | "g" => 1000 * 1000 * 1000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?}: use KB, MB, GB, KiB, MiB or GiB"
-            ));
-        }
-    };
-    Ok((number * scale as f64) as u64)
+    /// Write every entry and its artifact to DIR (tim-cache.json and blobs/), to commit or hand to CI.
+    Export {
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        json: crate::JsonFlag,
+    },
+    /// Add the entries exported to DIR (each artifact checked against its digest).
+    Import {
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        json: crate::JsonFlag,
+    },
 }
 
 fn bytes_words(n: u64) -> String {
@@ -148,6 +134,46 @@ pub fn run(layout: &Layout, action: CacheAction) -> anyhow::Result<u8> {
                 json.json,
             );
         }
+        CacheAction::Export { dir, json } => return transfer(layout, &dir, true, json.json),
+        CacheAction::Import { dir, json } => return transfer(layout, &dir, false, json.json),
+    }
+    Ok(exit::OK)
+}
+
+fn transfer(
+    layout: &Layout,
+    dir: &std::path::Path,
+    export: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    // The daemon works in the root; the user means a path from here.
+    let dir = std::path::absolute(dir)
+        .map_err(|e| ClientError::io(format!("cannot use {}", dir.display()), e))?;
+    let params = CacheTransferParams {
+        dir: dir.display().to_string(),
+    };
+    let request = if export {
+        Request::CacheExport(params)
+    } else {
+        Request::CacheImport(params)
+    };
+    let pick = |r| match r {
+        Response::CacheTransfer(t) => Some(t),
+        _ => None,
+    };
+    let Some(reply): Option<CacheTransferReply> = answer(layout, request, pick, json)? else {
+        return Ok(exit::OK);
+    };
+    println!(
+        "{} {} entries ({}) {} {}",
+        if export { "exported" } else { "imported" },
+        reply.entries,
+        bytes_words(reply.bytes),
+        if export { "to" } else { "from" },
+        dir.display()
+    );
+    for why in &reply.skipped {
+        println!("  left out: {why}");
     }
     Ok(exit::OK)
 }
@@ -169,23 +195,4 @@ fn gc(layout: &Layout, params: CacheGcParams, json: bool) -> anyhow::Result<u8> 
         bytes_words(reply.bytes)
     );
     Ok(exit::OK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        for (text, want) in [
-            ("123", Some(123)),
-            ("500MB", Some(500_000_000)),
-            ("2GiB", Some(2 << 30)),
-            ("1.5 KiB", Some(1536)),
-            ("10 parsecs", None),
-            ("MB", None),
-        ] {
-            assert_eq!(parse_size(text).ok(), want, "{text}");
-        }
-    }
 }

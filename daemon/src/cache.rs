@@ -17,7 +17,9 @@
 
 use crate::index::ContentHash;
 use crate::scan;
+use crate::store::{CacheRow, decode_deps, encode_deps, now_ms};
 use foldhash::{HashMap, HashSet};
+use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use tim_proto::CacheGetParams;
@@ -52,7 +54,13 @@ pub enum CacheError {
         "the lease for {key} was given to another worker (it took too long, or its connection closed); the result was not stored"
     )]
     LeaseLost { key: String },
+    #[error("{dir} is not a tim cache export ({why}); make one with `tim cache export DIR`")]
+    NotAnExport { dir: PathBuf, why: String },
 }
+
+/// The index file of an exported cache directory.
+pub const EXPORT_INDEX: &str = "tim-cache.json";
+const EXPORT_FORMAT: u64 = 1;
 
 /// `R` is how a parked question is answered (a reply channel in the core).
 pub struct ArtifactCache<R> {
@@ -229,10 +237,160 @@ impl<R> ArtifactCache<R> {
         std::fs::create_dir_all(self.dir.join("tmp"))
     }
 
+    /// Writes `rows` and their blobs to `dir` (`tim-cache.json` and
+    /// `blobs/`), for `import` elsewhere. Blobs are copied, never moved.
+    pub fn export(
+        &self,
+        rows: &[CacheRow],
+        dir: &Path,
+    ) -> Result<tim_proto::CacheTransferReply, CacheError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Io { path, source }
+        };
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+        let (mut entries, mut skipped, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for row in rows {
+            let deps = match &row.deps {
+                None => Value::Null,
+                Some(Some(deps)) => encode_deps(deps),
+                Some(None) => {
+                    skipped.push(format!(
+                        "{}: recorded by another version of tim",
+                        row.fixture
+                    ));
+                    continue;
+                }
+            };
+            if !self.verify(&row.blob) {
+                skipped.push(format!("{}: corrupt blob", row.fixture));
+                continue;
+            }
+            let target = blobs.join(&row.blob);
+            if !target.exists() {
+                copy_into(&self.blob_path(&row.blob), &target).map_err(io(&target))?;
+            }
+            bytes += row.size;
+            entries.push(json!({
+                "key": row.key, "fixture": row.fixture, "blob": row.blob, "size": row.size,
+                "serializer": row.serializer, "deps": deps, "produce_seconds": row.produce_seconds,
+            }));
+        }
+        let count = entries.len() as u64;
+        let index = dir.join(EXPORT_INDEX);
+        let text = json!({"format": EXPORT_FORMAT, "entries": entries}).to_string();
+        let tmp = dir.join(format!(".{EXPORT_INDEX}.{}", std::process::id()));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &index))
+            .map_err(io(&index))?;
+        Ok(tim_proto::CacheTransferReply {
+            entries: count,
+            bytes,
+            skipped,
+        })
+    }
+
+    /// Reads an exported directory: its entries (blobs copied in, each
+    /// checked against its name) and the ones left out, with why. The
+    /// environment they were recorded in is not judged: imported entries
+    /// are valid while the project's files they depend on are unchanged.
+    pub fn import(&self, dir: &Path) -> Result<(Vec<CacheRow>, Vec<String>), CacheError> {
+        let not_export = |why: String| CacheError::NotAnExport {
+            dir: dir.to_owned(),
+            why,
+        };
+        let text = std::fs::read_to_string(dir.join(EXPORT_INDEX))
+            .map_err(|e| not_export(format!("cannot read {EXPORT_INDEX}: {e}")))?;
+        let index: Value =
+            serde_json::from_str(&text).map_err(|e| not_export(format!("{EXPORT_INDEX}: {e}")))?;
+        if index["format"].as_u64() != Some(EXPORT_FORMAT) {
+            return Err(not_export(format!(
+                "format {} (this tim reads {EXPORT_FORMAT})",
+                index["format"]
+            )));
+        }
+        let entries = index["entries"]
+            .as_array()
+            .ok_or_else(|| not_export("no entries list".into()))?;
+        let (mut rows, mut skipped) = (Vec::new(), Vec::new());
+        let now = now_ms();
+        for e in entries {
+            let text = |k: &str| e[k].as_str().map(str::to_owned);
+            let (Some(key), Some(fixture), Some(blob), Some(serializer)) = (
+                text("key"),
+                text("fixture"),
+                text("blob"),
+                text("serializer"),
+            ) else {
+                skipped.push(format!("an unreadable entry: {e}"));
+                continue;
+            };
+            let deps = match &e["deps"] {
+                Value::Null => None,
+                value => match decode_deps(value) {
+                    Some(deps) => Some(Some(deps)),
+                    None => {
+                        skipped.push(format!("{fixture}: unreadable dependencies"));
+                        continue;
+                    }
+                },
+            };
+            let source = dir.join("blobs").join(&blob);
+            match scan::hash_contents(&source) {
+                Ok((hash, _)) if hash.to_hex() == blob => {}
+                Ok(_) => {
+                    skipped.push(format!("{fixture}: its blob does not match its digest"));
+                    continue;
+                }
+                Err(err) => {
+                    skipped.push(format!(
+                        "{fixture}: cannot read {}: {err}",
+                        source.display()
+                    ));
+                    continue;
+                }
+            }
+            let target = self.blob_path(&blob);
+            if !(target.exists() && self.verify(&blob)) {
+                copy_into(&source, &target).map_err(|source| CacheError::Io {
+                    path: target.clone(),
+                    source,
+                })?;
+            }
+            rows.push(CacheRow {
+                key,
+                fixture,
+                size: e["size"].as_u64().unwrap_or(0),
+                blob,
+                serializer,
+                deps,
+                env: None,
+                produce_seconds: e["produce_seconds"].as_f64().unwrap_or(0.0),
+                created_ms: now,
+                used_ms: now,
+                hits: 0,
+            });
+        }
+        Ok((rows, skipped))
+    }
+
     /// Creates `tmp/`, where producers write.
     pub fn prepare(&self) -> std::io::Result<()> {
         std::fs::create_dir_all(self.dir.join("tmp"))
     }
+}
+
+/// Copies `from` to `to` through a temp file next to `to`, so `to` is
+/// complete or absent.
+fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
+    let parent = to.parent().expect("blob paths have a parent");
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".{}.{}", std::process::id(), now_ms()));
+    std::fs::copy(from, &tmp)?;
+    std::fs::rename(&tmp, to).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 #[cfg(test)]

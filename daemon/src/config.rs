@@ -51,6 +51,8 @@ pub struct Config {
     /// The order of a run's tests when the run does not say.
     pub order: tim_proto::Order,
     pub budgets: Budgets,
+    /// `[cache] max_size`: the artifact cache's size cap in bytes.
+    pub cache_max_bytes: u64,
     /// Where the settings came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -64,6 +66,7 @@ impl Default for Config {
             history_keep: DEFAULT_HISTORY_KEEP,
             order: tim_proto::Order::QuickFeedback,
             budgets: Budgets::default(),
+            cache_max_bytes: crate::cache::DEFAULT_MAX_BYTES,
             source: None,
         }
     }
@@ -230,6 +233,22 @@ impl Config {
         if let Some(audit) = table.get("audit") {
             self.budgets = parse_budgets(audit).map_err(|(key, problem)| invalid(&key, problem))?;
         }
+        if let Some(value) = table.get("cache").and_then(|c| c.get("max_size")) {
+            self.cache_max_bytes = match value {
+                toml::Value::Integer(n) if *n >= 0 => *n as u64,
+                toml::Value::String(s) => {
+                    parse_size(s).map_err(|e| invalid("cache.max_size", e))?
+                }
+                _ => {
+                    return Err(invalid(
+                        "cache.max_size",
+                        format!(
+                            "must be a size such as \"2GiB\" or a number of bytes, found {value}"
+                        ),
+                    ));
+                }
+            };
+        }
         if let Some(value) = table.get("history").and_then(|h| h.get("keep")) {
             self.history_keep = value
                 .as_integer()
@@ -254,6 +273,34 @@ pub fn pytest_section(pyproject: &str) -> Option<String> {
     let doc: toml::Table = pyproject.parse().ok()?;
     let section = doc.get("tool").and_then(|t| t.get("pytest"));
     Some(section.map(|v| v.to_string()).unwrap_or_default())
+}
+
+/// `123`, `500KB`, `500MB`, `2GB` (powers of 1000) or `KiB`, `MiB`, `GiB`
+/// (powers of 1024): `[cache] max_size`, `tim cache gc --max-size`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size: write bytes, or a number with KB, MB, GB, KiB, MiB or GiB")
+    })?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1000 * 1000,
+        "gb" | "g" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use KB, MB, GB, KiB, MiB or GiB"
+            ));
+        }
+    };
+    Ok((number * scale as f64) as u64)
 }
 
 /// `[audit]`: (key, problem) on a bad value.
@@ -438,6 +485,32 @@ mod tests {
                 .to_string()
                 .contains("not valid TOML")
         );
+    }
+
+    #[test]
+    fn sizes_and_the_cache_cap() {
+        for (text, want) in [
+            ("123", Some(123)),
+            ("500MB", Some(500_000_000)),
+            ("2GiB", Some(2 << 30)),
+            ("1.5 KiB", Some(1536)),
+            ("10 parsecs", None),
+            ("MB", None),
+        ] {
+            assert_eq!(parse_size(text).ok(), want, "{text}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            std::fs::write(dir.path().join("tim.toml"), text).unwrap();
+            Config::load(dir.path()).map(|c| c.cache_max_bytes)
+        };
+        assert_eq!(load("").unwrap(), crate::cache::DEFAULT_MAX_BYTES);
+        assert_eq!(load("[cache]\nmax_size = \"1MiB\"\n").unwrap(), 1 << 20);
+        assert_eq!(load("[cache]\nmax_size = 4096\n").unwrap(), 4096);
+        let err = load("[cache]\nmax_size = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_size"), "{err}");
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub enum Query {
     CacheAbandon(tim_proto::CacheAbandonParams),
     CacheStats,
     CacheGc(tim_proto::CacheGcParams),
+    CacheExport(tim_proto::CacheTransferParams),
+    CacheImport(tim_proto::CacheTransferParams),
 }
 
 impl Query {
@@ -102,6 +104,8 @@ impl Query {
             Query::CacheAbandon(_) => "cache_abandon",
             Query::CacheStats => "cache_stats",
             Query::CacheGc(_) => "cache_gc",
+            Query::CacheExport(_) => "cache_export",
+            Query::CacheImport(_) => "cache_import",
         }
     }
 }
@@ -641,6 +645,8 @@ impl Core {
             }
             Query::CacheStats => self.cache_stats().map_err(PytestError::from),
             Query::CacheGc(params) => return self.cache_gc(params),
+            Query::CacheExport(params) => return self.cache_transfer(&params.dir, true),
+            Query::CacheImport(params) => return self.cache_transfer(&params.dir, false),
             other => self.pytest_query(other),
         };
         match response {
@@ -683,7 +689,9 @@ impl Core {
             | Query::CachePut(..)
             | Query::CacheAbandon(_)
             | Query::CacheStats
-            | Query::CacheGc(_) => unreachable!("answered by the core"),
+            | Query::CacheGc(_)
+            | Query::CacheExport(_)
+            | Query::CacheImport(_) => unreachable!("answered by the core"),
             Query::BeginRun(params) => {
                 let run_id = self.pytest.begin_run(&mut ctx, params)?;
                 Response::RunStarted(tim_proto::RunStarted {
@@ -859,19 +867,22 @@ impl Core {
         let (blob, size) = self.cache.adopt(&params.tmp).map_err(PytestError::Cache)?;
         let old = self.store.cache_entry(&params.key)?;
         let now = crate::store::now_ms();
-        self.store.cache_put(&CacheRow {
-            key: params.key.clone(),
-            fixture: params.fixture.clone(),
-            blob: blob.clone(),
-            size,
-            serializer: params.serializer.clone(),
-            deps,
-            env,
-            produce_seconds: params.produce_seconds.max(0.0),
-            created_ms: now,
-            used_ms: now,
-            hits: 0,
-        })?;
+        self.store.cache_put(
+            &CacheRow {
+                key: params.key.clone(),
+                fixture: params.fixture.clone(),
+                blob: blob.clone(),
+                size,
+                serializer: params.serializer.clone(),
+                deps,
+                env,
+                produce_seconds: params.produce_seconds.max(0.0),
+                created_ms: now,
+                used_ms: now,
+                hits: 0,
+            },
+            true,
+        )?;
         if let Some(old) = old
             && old.blob != blob
             && !self.store.cache_blob_used(&old.blob)?
@@ -884,7 +895,7 @@ impl Core {
             size,
             "cache entry stored"
         );
-        self.cache_evict(crate::cache::DEFAULT_MAX_BYTES)?;
+        self.cache_evict(self.config.cache_max_bytes)?;
         Ok(self.cache.blob_path(&blob).display().to_string())
     }
 
@@ -943,7 +954,7 @@ impl Core {
                 Ok(r)
             })
         } else {
-            self.cache_evict(params.max_bytes.unwrap_or(crate::cache::DEFAULT_MAX_BYTES))
+            self.cache_evict(params.max_bytes.unwrap_or(self.config.cache_max_bytes))
         };
         match result {
             Ok((removed, freed_bytes, kept, bytes)) => {
@@ -956,6 +967,55 @@ impl Core {
             }
             Err(e) => internal_error(&e.to_string(), &self.layout),
         }
+    }
+
+    /// `tim cache export DIR` (`export`) or `tim cache import DIR`.
+    fn cache_transfer(&mut self, dir: &str, export: bool) -> Reply {
+        let dir = Path::new(dir);
+        let result = if export {
+            self.store
+                .cache_entries()
+                .map_err(PytestError::from)
+                .and_then(|rows| self.cache.export(&rows, dir).map_err(PytestError::from))
+        } else {
+            self.cache_import(dir)
+        };
+        match result {
+            Ok(reply) => Reply::plain(Response::CacheTransfer(reply)),
+            Err(PytestError::Cache(e)) => Reply::plain(Response::Error(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            ))),
+            Err(e) => internal_error(&e.to_string(), &self.layout),
+        }
+    }
+
+    fn cache_import(&mut self, dir: &Path) -> Result<tim_proto::CacheTransferReply, PytestError> {
+        let (rows, mut skipped) = self.cache.import(dir)?;
+        let mut bytes = 0;
+        let mut entries = 0;
+        for row in rows {
+            let old = self.store.cache_entry(&row.key)?;
+            if self.cache.leased(&row.key) {
+                skipped.push(format!("{}: being computed now", row.fixture));
+                continue;
+            }
+            self.store.cache_put(&row, false)?;
+            if let Some(old) = old
+                && old.blob != row.blob
+                && !self.store.cache_blob_used(&old.blob)?
+            {
+                self.cache.delete_blob(&old.blob);
+            }
+            bytes += row.size;
+            entries += 1;
+        }
+        tracing::info!(entries, bytes, dir = %dir.display(), "cache entries imported");
+        Ok(tim_proto::CacheTransferReply {
+            entries,
+            bytes,
+            skipped,
+        })
     }
 
     fn cache_stats(&self) -> Result<Response, crate::store::StoreError> {

@@ -1011,8 +1011,9 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Stores (or replaces) an entry and counts the miss that produced it.
-    pub fn cache_put(&mut self, row: &CacheRow) -> Result<(), StoreError> {
+    /// Stores (or replaces) an entry; `miss`: counts the miss that
+    /// produced it.
+    pub fn cache_put(&mut self, row: &CacheRow, miss: bool) -> Result<(), StoreError> {
         let deps = row
             .deps
             .as_ref()
@@ -1035,10 +1036,11 @@ impl Store {
                 row.used_ms as i64,
             ],
         )?;
+        let misses = i64::from(miss);
         tx.execute(
-            "INSERT INTO cache_fixture (fixture, misses) VALUES (?1, 1)
-             ON CONFLICT (fixture) DO UPDATE SET misses = misses + 1",
-            [&row.fixture],
+            "INSERT INTO cache_fixture (fixture, misses) VALUES (?1, ?2)
+             ON CONFLICT (fixture) DO UPDATE SET misses = misses + ?2",
+            params![row.fixture, misses],
         )?;
         tx.commit()?;
         Ok(())
@@ -1106,7 +1108,7 @@ impl Store {
 /// `["c", file, file_hash, block, hash]`, `["f", path, hash]`,
 /// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`, `["i", why]`. Readable with `sqlite3` when
 /// debugging; compact enough.
-fn encode_deps(deps: &[Dep]) -> Value {
+pub(crate) fn encode_deps(deps: &[Dep]) -> Value {
     Value::Array(
         deps.iter()
             .map(|d| match d {
@@ -1126,7 +1128,7 @@ fn encode_deps(deps: &[Dep]) -> Value {
     )
 }
 
-fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
+pub(crate) fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
     let mut out = Vec::new();
     for item in value.as_array()? {
         let a = item.as_array()?;

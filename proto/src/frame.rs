@@ -113,6 +113,8 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::CacheAbandon(x) => data(x),
         Request::CacheStats(x) => data(x),
         Request::CacheGc(x) => data(x),
+        Request::CacheExport(x) => data(x),
+        Request::CacheImport(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -146,6 +148,8 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "cache_abandon" => Request::CacheAbandon(parse(env)?),
         "cache_stats" => Request::CacheStats(parse(env)?),
         "cache_gc" => Request::CacheGc(parse(env)?),
+        "cache_export" => Request::CacheExport(parse(env)?),
+        "cache_import" => Request::CacheImport(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",
@@ -179,6 +183,7 @@ pub fn encode_response(frame: &ResponseFrame) -> Vec<u8> {
         Response::CacheEntry(x) => data(x),
         Response::CacheStats(x) => data(x),
         Response::CacheGc(x) => data(x),
+        Response::CacheTransfer(x) => data(x),
     };
     to_line(&Envelope {
         id: frame.id,
@@ -210,6 +215,7 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
         "cache_entry" => Response::CacheEntry(parse(env)?),
         "cache_stats" => Response::CacheStats(parse(env)?),
         "cache_gc" => Response::CacheGc(parse(env)?),
+        "cache_transfer" => Response::CacheTransfer(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "response",

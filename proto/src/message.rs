@@ -86,6 +86,10 @@ pub enum Request {
     CacheStats(CacheStatsParams),
     /// 1.3: evicts least recently used entries above a size, or all.
     CacheGc(CacheGcParams),
+    /// 1.3: writes every entry and its artifact to a directory.
+    CacheExport(CacheTransferParams),
+    /// 1.3: adds the entries of an exported directory (verified).
+    CacheImport(CacheTransferParams),
 }
 
 impl Request {
@@ -110,6 +114,8 @@ impl Request {
             Request::CacheAbandon(_) => "cache_abandon",
             Request::CacheStats(_) => "cache_stats",
             Request::CacheGc(_) => "cache_gc",
+            Request::CacheExport(_) => "cache_export",
+            Request::CacheImport(_) => "cache_import",
         }
     }
 }
@@ -173,6 +179,7 @@ pub enum Response {
     CacheEntry(CacheAnswer),
     CacheStats(CacheStatsReply),
     CacheGc(CacheGcReply),
+    CacheTransfer(CacheTransferReply),
 }
 
 impl Response {
@@ -194,6 +201,7 @@ impl Response {
             Response::CacheEntry(_) => "cache_entry",
             Response::CacheStats(_) => "cache_stats",
             Response::CacheGc(_) => "cache_gc",
+            Response::CacheTransfer(_) => "cache_transfer",
         }
     }
 }
@@ -909,4 +917,19 @@ pub struct CacheGcReply {
     pub freed_bytes: u64,
     pub kept: u64,
     pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheTransferParams {
+    /// An absolute directory path.
+    pub dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheTransferReply {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries left out, each with why.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
