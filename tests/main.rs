@@ -7,6 +7,7 @@ mod support;
 mod cache;
 mod history;
 mod lifecycle;
+mod parallel;
 mod progress;
 mod protocol;
 mod pytest_runs;

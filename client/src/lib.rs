@@ -57,6 +57,12 @@ enum Command {
         /// No progress display (a bar with an ETA on a terminal, else a line per tenth of the run).
         #[arg(long)]
         no_progress: bool,
+        /// Also run the tests depending on files that differ from the merge base with REV, committed or not (before a push, in PR CI).
+        #[arg(long, value_name = "REV", conflicts_with = "all")]
+        since: Option<String>,
+        /// Run part I of N duration-balanced parts of the selected tests (CI shards: every job computes the same parts from the same history).
+        #[arg(long, value_name = "I/N", value_parser = pytest::parse_shard)]
+        shard: Option<String>,
         /// How cached fixtures use the artifact cache: use (default), refresh (compute all again), replay-only (compute nothing; a missing entry fails its tests). Default: $TIM_CACHE.
         #[arg(long, value_name = "MODE", value_parser = ["use", "refresh", "replay-only"])]
         cache: Option<String>,
@@ -84,6 +90,9 @@ enum Command {
         /// The interpreter the next run will use (a different one affects every test).
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
+        /// Also the tests depending on files that differ from the merge base with REV (committed or not).
+        #[arg(long, value_name = "REV")]
+        since: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -227,6 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             junit,
             no_progress,
             cache,
+            shard,
+            since,
             python,
             pytest_args,
         } => {
@@ -242,6 +253,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     command_line,
                     no_progress,
                     cache,
+                    shard,
+                    since,
                 },
             )
         }
@@ -261,9 +274,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
             )
         }
-        Command::Affected { python, json } => {
-            pytest::affected(&layout, python.as_deref(), json.json)
-        }
+        Command::Affected {
+            python,
+            since,
+            json,
+        } => pytest::affected(&layout, python.as_deref(), since, json.json),
         Command::Why { test, json } => pytest::why(&layout, test, json.json),
         Command::Stats { limit, json } => pytest::stats(&layout, limit, json.json),
         Command::ImportJunit { files } => pytest::import_junit(&layout, &files),

@@ -124,6 +124,7 @@ fn request<T>(
 pub fn affected_query(
     conn: &mut Connection,
     python: Option<String>,
+    since: Option<String>,
 ) -> Result<(AffectedReply, Vec<String>), ClientError> {
     if !conn.hello.capabilities.iter().any(|c| c == "affected") {
         return Err(ClientError::Protocol(
@@ -132,7 +133,7 @@ pub fn affected_query(
     }
     request(
         conn,
-        Request::Affected(AffectedParams { python }),
+        Request::Affected(AffectedParams { python, since }),
         |r| match r {
             Response::Affected(a) => Some(a),
             _ => None,
@@ -151,6 +152,23 @@ pub struct RunArgs {
     pub no_progress: bool,
     /// `--cache MODE`: the artifact cache's mode for this run.
     pub cache: Option<String>,
+    /// `--shard I/N`, checked by [`parse_shard`].
+    pub shard: Option<String>,
+    /// `--since REV`.
+    pub since: Option<String>,
+}
+
+/// `I/N` with `1 <= I <= N`.
+pub fn parse_shard(text: &str) -> Result<String, String> {
+    let parsed = text
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse::<u32>().ok()?, n.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((i, n)) if 1 <= i && i <= n => Ok(format!("{i}/{n}")),
+        _ => Err(format!(
+            "{text:?} is not a shard: write I/N with 1 <= I <= N, e.g. 2/4"
+        )),
+    }
 }
 
 /// `--order` on the command line.
@@ -178,6 +196,8 @@ pub struct PytestRunner {
     python: PathBuf,
     command_line: String,
     order: Option<Order>,
+    /// `--since REV`: also the tests depending on files changed since it.
+    since: Option<String>,
 }
 
 impl PytestRunner {
@@ -187,6 +207,7 @@ impl PytestRunner {
             layout: layout.clone(),
             command_line,
             order: None,
+            since: None,
         }
     }
 }
@@ -201,7 +222,8 @@ impl Runner for PytestRunner {
                 footer: None,
             }));
         }
-        let (reply, warnings) = affected_query(conn, python_identity(&self.python))?;
+        let (reply, warnings) =
+            affected_query(conn, python_identity(&self.python), self.since.clone())?;
         print_warnings(&warnings);
         if let Some(why) = &reply.run_all {
             return Ok(Plan::Run(RunPlan {
@@ -280,6 +302,10 @@ impl Runner for PytestRunner {
             Some(order) => command.env(ORDER_ENV, order.name()),
             None => command.env_remove(ORDER_ENV),
         };
+        match &self.since {
+            Some(rev) => command.env("TIM_SINCE", rev),
+            None => command.env_remove("TIM_SINCE"),
+        };
         Ok(command)
     }
 
@@ -311,6 +337,7 @@ impl PytestRunner {
 pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     let mut runner = PytestRunner::new(layout, args.python.as_deref(), args.command_line);
     runner.order = args.order;
+    runner.since = args.since.clone();
     let mut conn = connect::connect(layout)?;
     let scope = if args.all {
         Scope::All
@@ -347,6 +374,10 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
     if let Some(mode) = &args.cache {
         command.env("TIM_CACHE", mode);
     }
+    match &args.shard {
+        Some(shard) => command.env("TIM_SHARD", shard),
+        None => command.env_remove("TIM_SHARD"),
+    };
     let display = if interactive(&args.pytest_args) {
         // The debugger needs the terminal itself.
         crate::progress::Display::Off
@@ -449,10 +480,15 @@ fn print_warnings(warnings: &[String]) {
 }
 
 /// `tim affected`.
-pub fn affected(layout: &Layout, python: Option<&Path>, json: bool) -> anyhow::Result<u8> {
+pub fn affected(
+    layout: &Layout,
+    python: Option<&Path>,
+    since: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
     let python = choose_python(&layout.root, python);
     let mut conn = connect::connect(layout)?;
-    let (reply, warnings) = affected_query(&mut conn, python_identity(&python))?;
+    let (reply, warnings) = affected_query(&mut conn, python_identity(&python), since)?;
     if json {
         crate::print_json(&crate::with_warnings(&reply, &warnings))?;
         return Ok(exit::OK);

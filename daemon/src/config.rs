@@ -37,6 +37,30 @@ use std::time::Duration;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 60 * 60);
 pub const DEFAULT_HISTORY_KEEP: u32 = 50;
 pub const IDLE_TIMEOUT_ENV: &str = "TIM_IDLE_TIMEOUT";
+/// Which tests must run in the same shard or worker (besides an
+/// `xdist_group`): each alone, those of a class, or those of a module.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeepTogether {
+    #[default]
+    Test,
+    Class,
+    Module,
+}
+
+impl KeepTogether {
+    /// The group of the test with pytest node id `id`.
+    pub fn group_of(self, id: &str) -> String {
+        let parts: Vec<&str> = id.split("::").collect();
+        match self {
+            KeepTogether::Test => id.to_owned(),
+            KeepTogether::Module => parts[0].to_owned(),
+            // `file::Class::test` -> `file::Class`; a function alone.
+            KeepTogether::Class if parts.len() > 2 => parts[..parts.len() - 1].join("::"),
+            KeepTogether::Class => id.to_owned(),
+        }
+    }
+}
+
 /// The files whose change makes the daemon reload its configuration.
 pub const CONFIG_FILES: &[&str] = &["tim.toml", "pyproject.toml"];
 
@@ -53,6 +77,8 @@ pub struct Config {
     pub budgets: Budgets,
     /// `[cache] max_size`: the artifact cache's size cap in bytes.
     pub cache_max_bytes: u64,
+    /// `[run] keep_together`: which tests share a shard.
+    pub keep_together: KeepTogether,
     /// Where the settings came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -67,6 +93,7 @@ impl Default for Config {
             order: tim_proto::Order::QuickFeedback,
             budgets: Budgets::default(),
             cache_max_bytes: crate::cache::DEFAULT_MAX_BYTES,
+            keep_together: KeepTogether::Test,
             source: None,
         }
     }
@@ -232,6 +259,19 @@ impl Config {
         }
         if let Some(audit) = table.get("audit") {
             self.budgets = parse_budgets(audit).map_err(|(key, problem)| invalid(&key, problem))?;
+        }
+        if let Some(value) = table.get("run").and_then(|r| r.get("keep_together")) {
+            self.keep_together = match value.as_str() {
+                Some("test") => KeepTogether::Test,
+                Some("class") => KeepTogether::Class,
+                Some("module") => KeepTogether::Module,
+                _ => {
+                    return Err(invalid(
+                        "run.keep_together",
+                        format!("must be \"test\", \"class\" or \"module\", found {value}"),
+                    ));
+                }
+            };
         }
         if let Some(value) = table.get("cache").and_then(|c| c.get("max_size")) {
             self.cache_max_bytes = match value {
@@ -505,6 +545,32 @@ mod tests {
             Config::load(dir.path()).map(|c| c.cache_max_bytes)
         };
         assert_eq!(load("").unwrap(), crate::cache::DEFAULT_MAX_BYTES);
+        std::fs::write(
+            dir.path().join("tim.toml"),
+            "[run]\nkeep_together = \"module\"\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.keep_together.group_of("t/a.py::T::test_x[1]"), "t/a.py");
+        assert_eq!(
+            KeepTogether::Class.group_of("t/a.py::T::test_x[1]"),
+            "t/a.py::T"
+        );
+        assert_eq!(
+            KeepTogether::Class.group_of("t/a.py::test_x"),
+            "t/a.py::test_x"
+        );
+        std::fs::write(
+            dir.path().join("tim.toml"),
+            "[run]\nkeep_together = \"package\"\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("run.keep_together")
+        );
         assert_eq!(load("[cache]\nmax_size = \"1MiB\"\n").unwrap(), 1 << 20);
         assert_eq!(load("[cache]\nmax_size = 4096\n").unwrap(), 4096);
         let err = load("[cache]\nmax_size = \"lots\"\n")

@@ -654,10 +654,9 @@ impl Core {
                 response,
                 warnings: self.current_warnings(),
             },
-            Err(PytestError::UnknownRun(run)) => Reply::plain(Response::Error(ErrorReply::new(
-                ErrorCode::InvalidRequest,
-                PytestError::UnknownRun(run).to_string(),
-            ))),
+            Err(e @ (PytestError::UnknownRun(_) | PytestError::Since(_))) => Reply::plain(
+                Response::Error(ErrorReply::new(ErrorCode::InvalidRequest, e.to_string())),
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "query failed");
                 Reply::plain(Response::Error(ErrorReply::new(
@@ -674,6 +673,7 @@ impl Core {
     fn pytest_query(&mut self, query: Query) -> Result<Response, PytestError> {
         let mut ctx = Ctx {
             root: &self.layout.root,
+            keep_together: self.config.keep_together,
             history_keep: self.config.history_keep,
             order: self.config.order,
             index: &self.index,
@@ -693,7 +693,8 @@ impl Core {
             | Query::CacheExport(_)
             | Query::CacheImport(_) => unreachable!("answered by the core"),
             Query::BeginRun(params) => {
-                let run_id = self.pytest.begin_run(&mut ctx, params)?;
+                let since = since_of(ctx.root, params.since.as_deref())?;
+                let run_id = self.pytest.begin_run(&mut ctx, params, since.as_ref())?;
                 Response::RunStarted(tim_proto::RunStarted {
                     run_id,
                     clock: ctx.clock,
@@ -708,7 +709,10 @@ impl Core {
                 self.pytest.end_run(&mut ctx, params)?;
                 Response::Ok(OkReply {})
             }
-            Query::Affected(params) => Response::Affected(self.pytest.affected(&mut ctx, params)),
+            Query::Affected(params) => {
+                let since = since_of(ctx.root, params.since.as_deref())?;
+                Response::Affected(self.pytest.affected(&mut ctx, params, since.as_ref()))
+            }
             Query::Why(params) => Response::Why(self.pytest.why(&mut ctx, params)),
             Query::Stats(params) => Response::Stats(self.pytest.stats(&ctx, params)?),
             Query::Audit(_) => Response::Audit(self.pytest.audit(&self.config.budgets)),
@@ -807,6 +811,7 @@ impl Core {
         };
         let ctx = Ctx {
             root: &self.layout.root,
+            keep_together: self.config.keep_together,
             history_keep: self.config.history_keep,
             order: self.config.order,
             index: &self.index,
@@ -852,6 +857,7 @@ impl Core {
             Some(deps) => {
                 let ctx = Ctx {
                     root: &self.layout.root,
+                    keep_together: self.config.keep_together,
                     history_keep: self.config.history_keep,
                     order: self.config.order,
                     index: &self.index,
@@ -1417,6 +1423,16 @@ fn parse_clock(clock: &str, instance: &str, current: u64) -> Result<u64, String>
         Ok(_) => Err("the clock is ahead of this database".into()),
         Err(_) => Err(format!("{clock:?} is not a tim clock")),
     }
+}
+
+/// The files that differ from the merge base with `rev` (`--since`).
+fn since_of(root: &Path, rev: Option<&str>) -> Result<Option<crate::pytest::Since>, PytestError> {
+    let Some(rev) = rev else { return Ok(None) };
+    let changed = crate::git::changed_since(root, rev).map_err(PytestError::Since)?;
+    Ok(Some(crate::pytest::Since {
+        rev: rev.to_owned(),
+        changed,
+    }))
 }
 
 /// The answer to a query that failed inside the daemon.

@@ -60,17 +60,32 @@ pub enum Dep {
 pub enum Reason {
     NewTest,
     FailedLastTime(&'static str),
-    BlockChanged { file: RepoPath, block: String },
-    BlockRemoved { file: RepoPath, block: String },
+    BlockChanged {
+        file: RepoPath,
+        block: String,
+    },
+    BlockRemoved {
+        file: RepoPath,
+        block: String,
+    },
     FileChanged(RepoPath),
     FileDeleted(RepoPath),
     FileCreated(RepoPath),
     DirChanged(RepoPath),
-    SyntaxError { file: RepoPath, line: u32 },
+    SyntaxError {
+        file: RepoPath,
+        line: u32,
+    },
     RecordedDuringEdit(RepoPath),
     Incomplete(String),
     PytestConfig(RepoPath),
     Environment(String),
+    /// `--since REV`: a file the test depends on differs from the merge
+    /// base with REV.
+    ChangedSince {
+        rev: String,
+        path: RepoPath,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -96,6 +111,7 @@ impl fmt::Display for Reason {
             Reason::PytestConfig(p) => write!(f, "pytest configuration: {p}"),
             Reason::Incomplete(why) => write!(f, "incomplete record: {why}"),
             Reason::Environment(what) => write!(f, "{what}"),
+            Reason::ChangedSince { rev, path } => write!(f, "changed since {rev}: {path}"),
         }
     }
 }

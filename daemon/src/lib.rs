@@ -19,6 +19,7 @@ pub mod git;
 pub mod impact;
 pub mod imports;
 pub mod index;
+pub mod partition;
 pub mod pyenv;
 pub mod pyparse;
 pub mod pytest;

@@ -39,6 +39,8 @@ const CONFIG_FILES: &[&str] = &[
 /// What the core lends the adapter for one request.
 pub struct Ctx<'a> {
     pub root: &'a Path,
+    /// Which tests must share a shard (`run.keep_together`).
+    pub keep_together: crate::config::KeepTogether,
     /// History rows kept per test (`history.keep`).
     pub history_keep: u32,
     /// The order of runs that do not ask for one (`run.order`).
@@ -60,6 +62,15 @@ pub enum PytestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error("--since: {0}")]
+    Since(String),
+}
+
+/// `--since REV`: the revision and the files that differ from its merge
+/// base.
+pub struct Since {
+    pub rev: String,
+    pub changed: Vec<RepoPath>,
 }
 
 struct TestRecord {
@@ -84,6 +95,8 @@ struct RunState {
     /// (class, seconds); class 0 failed last time, 2 the others.
     priority: HashMap<String, (u8, f64)>,
     order: Order,
+    /// The part of the selection this run executes (CI shards).
+    shard: Option<tim_proto::Shard>,
     /// What an unknown test counts as under `longest-first`: the median.
     typical_seconds: f64,
     /// Import closures computed for this run's records, valid while the
@@ -430,6 +443,7 @@ impl Pytest {
         &mut self,
         ctx: &mut Ctx<'_>,
         params: BeginRunParams,
+        since: Option<&Since>,
     ) -> Result<u64, PytestError> {
         let env = Snapshot {
             python_files: params.collection.python_files,
@@ -461,7 +475,10 @@ impl Pytest {
         let unaffected = match params.mode {
             RunMode::All => HashSet::new(),
             RunMode::Affected => {
-                let affected = self.evaluate(ctx, &env);
+                let mut affected = self.evaluate(ctx, &env);
+                if let Some(since) = since {
+                    affected.extend(self.since_reasons(since));
+                }
                 self.tests
                     .keys()
                     .filter(|id| !affected.contains_key(*id))
@@ -506,6 +523,7 @@ impl Pytest {
                 unaffected,
                 priority,
                 order: params.order.unwrap_or(ctx.order),
+                shard: params.shard,
                 typical_seconds,
                 closures: HashMap::new(),
                 closures_seq: 0,
@@ -532,6 +550,7 @@ impl Pytest {
                     unaffected: HashSet::new(),
                     priority: HashMap::new(),
                     order: ctx.order,
+                    shard: None,
                     typical_seconds: 0.0,
                     closures: HashMap::new(),
                     closures_seq: 0,
@@ -548,6 +567,22 @@ impl Pytest {
     ) -> Result<Selection, PytestError> {
         let run_id = params.run_id;
         let state = self.run_state(ctx, run_id)?;
+        // Tests that must share a shard: an xdist_group, else the
+        // configured scope (the test alone by default).
+        let groups: HashMap<String, String> = match state.shard {
+            None => HashMap::new(),
+            Some(_) => params
+                .tests
+                .iter()
+                .map(|t| {
+                    let group = match &t.group {
+                        Some(g) => format!("xdist_group:{g}"),
+                        None => ctx.keep_together.group_of(&t.id),
+                    };
+                    (t.id.clone(), group)
+                })
+                .collect(),
+        };
         let mut run: Vec<(usize, String)> = match state.mode {
             RunMode::All => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
             RunMode::Affected => params
@@ -575,10 +610,30 @@ impl Pytest {
                 (std::cmp::Reverse(ordered(duration)), *index)
             }),
         }
-        ctx.store.set_run_selected(run_id, run.len() as u64)?;
         // A new test counts as a typical one; with no history at all there
         // is nothing to estimate from.
         let typical = (!state.priority.is_empty()).then_some(state.typical_seconds);
+        let mut shard_seconds = Vec::new();
+        if let Some(shard) = state.shard {
+            let items: Vec<crate::partition::Item> = run
+                .iter()
+                .map(|(_, id)| crate::partition::Item {
+                    id,
+                    group: groups.get(id).map_or(id.as_str(), String::as_str),
+                    seconds: state
+                        .priority
+                        .get(id)
+                        .map(|p| p.1)
+                        .or(typical)
+                        .unwrap_or(1.0),
+                })
+                .collect();
+            let parts = crate::partition::lpt(&items, shard.count as usize);
+            let mine: HashSet<&String> = parts.parts[(shard.index - 1) as usize].iter().collect();
+            run.retain(|(_, id)| mine.contains(id));
+            shard_seconds = parts.loads;
+        }
+        ctx.store.set_run_selected(run_id, run.len() as u64)?;
         let estimates = run
             .iter()
             .map(|(_, id)| state.priority.get(id).map(|p| p.1).or(typical))
@@ -586,6 +641,7 @@ impl Pytest {
         Ok(Selection {
             run: run.into_iter().map(|(_, id)| id).collect(),
             estimates,
+            shard_seconds,
         })
     }
 
@@ -1302,7 +1358,12 @@ impl Pytest {
         }
     }
 
-    pub fn affected(&mut self, ctx: &mut Ctx<'_>, params: AffectedParams) -> AffectedReply {
+    pub fn affected(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        params: AffectedParams,
+        since: Option<&Since>,
+    ) -> AffectedReply {
         self.forget_vanished(ctx);
         let total = self.tests.len() as u64;
         let reply = |tests, collect, run_all: Option<String>, unaffected_seconds| AffectedReply {
@@ -1333,7 +1394,12 @@ impl Pytest {
         if let Some(EnvChange::Everything(why)) = pyenv::diff(latest, &env) {
             return reply(Vec::new(), Vec::new(), Some(why), 0.0);
         }
-        let affected = self.evaluate(ctx, &env);
+        let mut affected = self.evaluate(ctx, &env);
+        if let Some(since) = since {
+            for (id, reasons) in self.since_reasons(since) {
+                affected.entry(id).or_default().extend(reasons);
+            }
+        }
         let unaffected_seconds = self
             .tests
             .iter()
@@ -1460,6 +1526,61 @@ impl Pytest {
             ctx.store.run_count()?,
             limit,
         ))
+    }
+
+    /// Known tests that depend on a file changed since a revision: the test
+    /// file itself, a file its code, reads or collection depend on, or a
+    /// directory it listed that gained or lost a file.
+    fn since_reasons(&self, since: &Since) -> BTreeMap<String, Vec<Reason>> {
+        let changed: HashSet<&RepoPath> = since.changed.iter().collect();
+        let dirs: HashSet<RepoPath> = since
+            .changed
+            .iter()
+            .map(|p| p.split().map_or_else(RepoPath::root, |(dir, _)| dir))
+            .collect();
+        // Per interned dependency: the changed path it touches, if any.
+        let mut memo: Vec<Option<Option<RepoPath>>> = vec![None; self.deps.all.len()];
+        let mut touched = |id: u32| -> Option<RepoPath> {
+            memo[id as usize]
+                .get_or_insert_with(|| match self.deps.get(id) {
+                    Dep::Code { file: p, .. }
+                    | Dep::File { path: p, .. }
+                    | Dep::Config { path: p, .. }
+                        if changed.contains(p) =>
+                    {
+                        Some(p.clone())
+                    }
+                    Dep::Dir { path, .. } if dirs.contains(path) => Some(path.clone()),
+                    _ => None,
+                })
+                .clone()
+        };
+        let mut out = BTreeMap::new();
+        for (id, record) in &self.tests {
+            let mut hit = changed.contains(&record.file).then(|| record.file.clone());
+            let sets = [
+                Some(record.deps),
+                self.collections.get(&record.file).map(|c| c.0),
+            ];
+            for set in sets.into_iter().flatten() {
+                if hit.is_some() {
+                    break;
+                }
+                if let Some(ids) = self.depsets.get(&set) {
+                    hit = ids.iter().find_map(|&d| touched(d));
+                }
+            }
+            if let Some(path) = hit {
+                out.insert(
+                    id.clone(),
+                    vec![Reason::ChangedSince {
+                        rev: since.rev.clone(),
+                        path,
+                    }],
+                );
+            }
+        }
+        out
     }
 
     /// What producing a cache artifact depended on, as for a test's record

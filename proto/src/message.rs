@@ -383,6 +383,20 @@ pub struct BeginRunParams {
     /// configured order (`run.order`, default `quick-feedback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Order>,
+    /// 1.3: also select tests depending on a file that differs from the
+    /// merge base with this revision (`--since REV`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// 1.3: run only this part of the selected tests (CI shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// Part `index` (1-based) of `count` duration-balanced parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
 }
 
 /// In which order a run's tests go.
@@ -445,6 +459,9 @@ pub struct CollectedTest {
     pub id: String,
     /// The test's file, root-relative.
     pub file: String,
+    /// 1.3: the test's `xdist_group`: tests of a group stay in one shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -462,6 +479,10 @@ pub struct Selection {
     /// (`None`: no history to go on).
     #[serde(default)]
     pub estimates: Vec<Option<f64>>,
+    /// (1.3) With a shard: the expected seconds of every shard, so the
+    /// run can say how balanced they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_seconds: Vec<f64>,
 }
 
 /// What a test (or a test file's collection) depended on.
@@ -579,6 +600,10 @@ pub struct AffectedParams {
     /// everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
+    /// 1.3: also affected: tests depending on a file that differs from the
+    /// merge base with this revision (`--since REV`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

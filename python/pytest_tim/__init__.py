@@ -28,6 +28,8 @@ ENV_COMMAND = "TIM_COMMAND"
 ENV_ROOT = "TIM_ROOT"
 ENV_ORDER = "TIM_ORDER"  # "quick-feedback" or "longest-first"
 ENV_PROGRESS_FD = "TIM_PROGRESS_FD"  # a pipe for `tim run`'s progress display
+ENV_SHARD = "TIM_SHARD"  # "I/N": run part I of N duration-balanced parts
+ENV_SINCE = "TIM_SINCE"  # a git revision: also select what changed since its merge base
 ORDERS = ("quick-feedback", "longest-first")
 
 # Finished tests are sent in one `record` request per BATCH tests, or
@@ -61,6 +63,20 @@ def pytest_addoption(parser):
         "default: $TIM_CACHE, else use",
     )
     group.addoption(
+        "--tim-since",
+        default=None,
+        metavar="REV",
+        help="also run the tests depending on files that differ from the merge base with REV "
+        "(committed or not); default: $TIM_SINCE",
+    )
+    group.addoption(
+        "--tim-shard",
+        default=None,
+        metavar="I/N",
+        help="run only part I of N parts of the selected tests, balanced by their durations in "
+        "tim's history (the same parts on every machine with the same history); default: $TIM_SHARD",
+    )
+    group.addoption(
         "--tim-order",
         choices=ORDERS,
         default=None,
@@ -83,6 +99,20 @@ def _order(config):
         _warn(f"{ENV_ORDER}={order!r} is not one of {', '.join(ORDERS)}; using the project's order")
         return None
     return order
+
+
+def _shard(config):
+    """{"index": I, "count": N} from --tim-shard or TIM_SHARD, or None."""
+    text = config.getoption("tim_shard") or os.environ.get(ENV_SHARD)
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"tim: shard {text!r} must be I/N with 1 <= I <= N, e.g. 2/4")
+    return {"index": index, "count": count}
 
 
 def _root(config):
@@ -169,6 +199,7 @@ class TimPlugin:
         self.collection = {}  # root-relative test file -> Context
         self._collecting = {}  # collector nodeid -> (file, Context)
         self.selected_count = None
+        self.shard_seconds = []
         self._rel_cache = {}
         self._parent_markers = {}  # collector -> frozenset of marker names
         self._last_flush = time.monotonic()
@@ -200,6 +231,12 @@ class TimPlugin:
                 order = _order(config)
                 if order is not None:
                     begin["order"] = order
+                shard = _shard(config)
+                if shard is not None:
+                    begin["shard"] = shard
+                since = config.getoption("tim_since") or os.environ.get(ENV_SINCE)
+                if since:
+                    begin["since"] = since
                 answer = self.conn.request("begin_run", begin)
                 self.run_id = answer["run_id"]
                 self._warn_all(self.conn.warnings)
@@ -276,7 +313,13 @@ class TimPlugin:
         # In `all` mode the daemon deselects nothing but still orders.
         if self.conn is None or self.is_controller:
             return
-        tests = [{"id": item.nodeid, "file": self._rel(item.path) or ""} for item in items]
+        tests = []
+        for item in items:
+            test = {"id": item.nodeid, "file": self._rel(item.path) or ""}
+            group = _xdist_group(item)
+            if group is not None:
+                test["group"] = group
+            tests.append(test)
         try:
             answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests})
         except DaemonError as e:
@@ -291,13 +334,22 @@ class TimPlugin:
         if deselected:
             config.hook.pytest_deselected(items=deselected)
         items[:] = selected
-        if self.mode == "affected":
+        if self.mode == "affected" or answer.get("shard_seconds"):
             self.selected_count = (len(selected), len(selected) + len(deselected))
+        self.shard_seconds = answer.get("shard_seconds") or []
 
     def pytest_report_collectionfinish(self, config, start_path, items):
         if self.selected_count is None or self.is_worker:
             return None
         run, total = self.selected_count
+        if self.shard_seconds:
+            shard = _shard(config)
+            mine = self.shard_seconds[shard["index"] - 1]
+            loads = ", ".join(f"{s:.1f}s" for s in self.shard_seconds)
+            return (
+                f"tim: shard {shard['index']}/{shard['count']}: running {run} of {total} tests, "
+                f"about {mine:.1f}s from history (shards: {loads})"
+            )
         return f"tim: running {run} of {total} tests ({total - run} unaffected)"
 
     def pytest_report_header(self, config):
@@ -562,6 +614,15 @@ class _Progress:
 
 # Markers that say how a test runs, not what kind of test it is.
 _PLUMBING_MARKERS = frozenset(("parametrize", "usefixtures", "filterwarnings"))
+
+
+def _xdist_group(item):
+    """The name of the test's `xdist_group` mark, if any."""
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return None
+    name = mark.args[0] if mark.args else mark.kwargs.get("name")
+    return None if name is None else str(name)
 
 
 def _is_module(collector):
