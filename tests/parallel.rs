@@ -208,3 +208,124 @@ fn since_a_revision_selects_what_the_branch_changed() {
         "{err}"
     );
 }
+
+/// Tests of skewed durations (a lower bound each, from sleeping), two of
+/// them in one xdist_group, and one that kills its worker when asked to.
+const SKEWED: &[(&str, &str)] = &[
+    (
+        "pyproject.toml",
+        "[project]\nname = \"skewed\"\nversion = \"0\"\n",
+    ),
+    (
+        "tests/test_w.py",
+        r#"import os
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_short(n):
+    time.sleep(0.01)
+
+
+def test_long():
+    time.sleep(0.3)
+
+
+@pytest.mark.xdist_group("db")
+def test_g1():
+    time.sleep(0.02)
+
+
+@pytest.mark.xdist_group("db")
+def test_g2():
+    time.sleep(0.02)
+
+
+def test_crash():
+    if os.environ.get("CRASH_A_WORKER"):
+        os._exit(1)
+"#,
+    ),
+];
+
+fn worker_of(out: &str, test: &str) -> String {
+    out.lines()
+        .find(|l| l.contains(&format!("tests/test_w.py::{test} ")) && l.starts_with("[gw"))
+        .and_then(|l| l.split(']').next())
+        .unwrap_or_else(|| panic!("{test} did not run on a worker:\n{out}"))
+        .to_owned()
+}
+
+#[test]
+fn parallel_workers_get_balanced_parts_and_survive_a_crash() {
+    let mut p = Project::with_files(SKEWED);
+    p.env("TIM_PYTHON", &test_python());
+    p.tim_ok(&["run", "--all", "--no-progress", "--", "-q"]);
+
+    let out = p.tim_ok(&["run", "--all", "-j", "2", "--no-progress", "--", "-v"]);
+    assert!(out.contains("10 passed"), "{out}");
+    assert_eq!(
+        worker_of(&out, "test_g1"),
+        worker_of(&out, "test_g2"),
+        "{out}"
+    );
+    // The long test has a worker to itself: everything else is lighter.
+    let long = worker_of(&out, "test_long");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with(&long) && l.contains("PASSED"))
+            .count()
+            < 10,
+        "{out}"
+    );
+    let makespan = out
+        .lines()
+        .find(|l| l.starts_with("tim: workers: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        makespan.contains("gw0 busy") && makespan.contains("gw1 busy") && makespan.contains("idle"),
+        "{makespan}"
+    );
+    assert!(makespan.contains("expected"), "{makespan}");
+    // Recorded once each, by whichever worker ran it.
+    assert_eq!(
+        p.tim_json(&["affected", "--json"])["tests"],
+        serde_json::json!([])
+    );
+
+    // A worker dies: its test is reported, the rest run on.
+    p.env("CRASH_A_WORKER", "1");
+    let run = p.tim(&["run", "--all", "-j", "2", "--no-progress", "--", "-v"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("crashed") && out.contains("test_crash"),
+        "{out}"
+    );
+    assert!(out.contains("9 passed"), "{out}");
+}
+
+#[test]
+fn parallel_runs_need_pytest_xdist_and_say_so() {
+    let p = Project::with_files(SKEWED);
+    let fake = p.path("no-xdist-python");
+    std::fs::write(&fake, "#!/bin/sh\nexit 1\n").unwrap();
+    let mut perms = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake, perms).unwrap();
+    let out = p.tim(&[
+        "run",
+        "--all",
+        "-j",
+        "2",
+        "--python",
+        fake.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pip install pytest-xdist"), "{err}");
+    let bad = p.tim(&["run", "-j", "0"]);
+    assert_eq!(bad.status.code(), Some(4));
+}

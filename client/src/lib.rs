@@ -57,6 +57,9 @@ enum Command {
         /// No progress display (a bar with an ETA on a terminal, else a line per tenth of the run).
         #[arg(long)]
         no_progress: bool,
+        /// Run the tests in N xdist workers (auto: one per core), each given a part balanced by the tests' durations in history (needs pytest-xdist).
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = pytest::parse_jobs)]
+        jobs: Option<usize>,
         /// Also run the tests depending on files that differ from the merge base with REV, committed or not (before a push, in PR CI).
         #[arg(long, value_name = "REV", conflicts_with = "all")]
         since: Option<String>,
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             cache,
             shard,
             since,
+            jobs,
             python,
             pytest_args,
         } => {
@@ -255,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     cache,
                     shard,
                     since,
+                    jobs,
                 },
             )
         }

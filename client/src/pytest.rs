@@ -31,6 +31,10 @@ const PLUGIN: &[(&str, &str)] = &[
         include_str!("../../python/pytest_tim/_client.py"),
     ),
     (
+        "_schedule.py",
+        include_str!("../../python/pytest_tim/_schedule.py"),
+    ),
+    (
         "_instrument.py",
         include_str!("../../python/pytest_tim/_instrument.py"),
     ),
@@ -156,6 +160,21 @@ pub struct RunArgs {
     pub shard: Option<String>,
     /// `--since REV`.
     pub since: Option<String>,
+    /// `-j N`: xdist workers.
+    pub jobs: Option<usize>,
+}
+
+/// `-j N` (N >= 1) or `-j auto` (the cores available).
+pub fn parse_jobs(text: &str) -> Result<usize, String> {
+    if text == "auto" {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of workers: write a number from 1, or auto"
+        )),
+    }
 }
 
 /// `I/N` with `1 <= I <= N`.
@@ -370,7 +389,14 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
         arg.push(junit);
         pytest_args.push(arg.to_string_lossy().into_owned());
     }
+    if let Some(jobs) = args.jobs {
+        require_xdist(runner.python())?;
+        pytest_args.extend(["-n".to_owned(), jobs.to_string()]);
+    }
     let mut command = runner.command(&plan, &pytest_args)?;
+    if args.jobs.is_some() {
+        command.env("TIM_JOBS", "1");
+    }
     if let Some(mode) = &args.cache {
         command.env("TIM_CACHE", mode);
     }
@@ -399,6 +425,24 @@ pub fn run(layout: &Layout, args: RunArgs) -> anyhow::Result<u8> {
         // Killed by a signal (Ctrl-C reaches pytest too).
         None => exit::INTERRUPTED,
     })
+}
+
+/// `-j` runs xdist workers: the interpreter must have pytest-xdist.
+fn require_xdist(python: &Path) -> Result<(), ClientError> {
+    let found = Command::new(python)
+        .args(["-c", "import xdist"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| cannot_run(python, e))?;
+    if found.success() {
+        return Ok(());
+    }
+    Err(ClientError::Usage(format!(
+        "-j runs the tests in pytest-xdist workers, and {} has no pytest-xdist: install it there (pip install pytest-xdist)",
+        python.display()
+    )))
 }
 
 /// pytest arguments that hand the terminal to the tests or a debugger:

@@ -97,6 +97,8 @@ struct RunState {
     order: Order,
     /// The part of the selection this run executes (CI shards).
     shard: Option<tim_proto::Shard>,
+    /// Test id -> `xdist_group:<name>`, from the run's collections.
+    groups: HashMap<String, String>,
     /// What an unknown test counts as under `longest-first`: the median.
     typical_seconds: f64,
     /// Import closures computed for this run's records, valid while the
@@ -524,6 +526,7 @@ impl Pytest {
                 priority,
                 order: params.order.unwrap_or(ctx.order),
                 shard: params.shard,
+                groups: HashMap::new(),
                 typical_seconds,
                 closures: HashMap::new(),
                 closures_seq: 0,
@@ -551,6 +554,7 @@ impl Pytest {
                     priority: HashMap::new(),
                     order: ctx.order,
                     shard: None,
+                    groups: HashMap::new(),
                     typical_seconds: 0.0,
                     closures: HashMap::new(),
                     closures_seq: 0,
@@ -566,22 +570,27 @@ impl Pytest {
         params: SelectParams,
     ) -> Result<Selection, PytestError> {
         let run_id = params.run_id;
-        let state = self.run_state(ctx, run_id)?;
-        // Tests that must share a shard: an xdist_group, else the
-        // configured scope (the test alone by default).
-        let groups: HashMap<String, String> = match state.shard {
-            None => HashMap::new(),
-            Some(_) => params
-                .tests
-                .iter()
-                .map(|t| {
-                    let group = match &t.group {
-                        Some(g) => format!("xdist_group:{g}"),
-                        None => ctx.keep_together.group_of(&t.id),
-                    };
-                    (t.id.clone(), group)
-                })
-                .collect(),
+        self.run_state(ctx, run_id)?;
+        // xdist groups, from whichever process of the run collected the
+        // tests (an xdist controller collects nothing itself).
+        let state = self.runs.get_mut(&run_id).expect("run_state inserted it");
+        for t in &params.tests {
+            if let Some(g) = &t.group {
+                state
+                    .groups
+                    .insert(t.id.clone(), format!("xdist_group:{g}"));
+            }
+        }
+        let state = &self.runs[&run_id];
+        // Tests that must share a shard or a worker: an xdist_group, else
+        // the configured scope (the test alone by default).
+        let keep_together = ctx.keep_together;
+        let group_of = |id: &String| -> String {
+            state
+                .groups
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| keep_together.group_of(id))
         };
         let mut run: Vec<(usize, String)> = match state.mode {
             RunMode::All => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
@@ -613,13 +622,15 @@ impl Pytest {
         // A new test counts as a typical one; with no history at all there
         // is nothing to estimate from.
         let typical = (!state.priority.is_empty()).then_some(state.typical_seconds);
-        let mut shard_seconds = Vec::new();
-        if let Some(shard) = state.shard {
+        let split = |run: &[(usize, String)], n: u32| {
+            let groups: Vec<String> = run.iter().map(|(_, id)| group_of(id)).collect();
             let items: Vec<crate::partition::Item> = run
                 .iter()
-                .map(|(_, id)| crate::partition::Item {
+                .zip(&groups)
+                .map(|((_, id), group)| crate::partition::Item {
                     id,
-                    group: groups.get(id).map_or(id.as_str(), String::as_str),
+                    group,
+                    // Without any history every test counts alike.
                     seconds: state
                         .priority
                         .get(id)
@@ -628,11 +639,22 @@ impl Pytest {
                         .unwrap_or(1.0),
                 })
                 .collect();
-            let parts = crate::partition::lpt(&items, shard.count as usize);
+            crate::partition::lpt(&items, n as usize)
+        };
+        let mut shard_seconds = Vec::new();
+        if let Some(shard) = state.shard {
+            let parts = split(&run, shard.count);
             let mine: HashSet<&String> = parts.parts[(shard.index - 1) as usize].iter().collect();
             run.retain(|(_, id)| mine.contains(id));
             shard_seconds = parts.loads;
         }
+        let (parts, part_seconds) = match params.parts {
+            Some(n) if n >= 1 => {
+                let parts = split(&run, n);
+                (parts.parts, parts.loads)
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
         ctx.store.set_run_selected(run_id, run.len() as u64)?;
         let estimates = run
             .iter()
@@ -642,6 +664,8 @@ impl Pytest {
             run: run.into_iter().map(|(_, id)| id).collect(),
             estimates,
             shard_seconds,
+            parts,
+            part_seconds,
         })
     }
 

@@ -468,6 +468,10 @@ pub struct CollectedTest {
 pub struct SelectParams {
     pub run_id: u64,
     pub tests: Vec<CollectedTest>,
+    /// 1.3: also split the tests to run into this many duration-balanced
+    /// parts (parallel workers); answered in `parts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -483,6 +487,12 @@ pub struct Selection {
     /// run can say how balanced they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_seconds: Vec<f64>,
+    /// (1.3) With `parts`: the ids of each part, and each part's expected
+    /// seconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_seconds: Vec<f64>,
 }
 
 /// What a test (or a test file's collection) depended on.

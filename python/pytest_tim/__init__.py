@@ -30,6 +30,7 @@ ENV_ORDER = "TIM_ORDER"  # "quick-feedback" or "longest-first"
 ENV_PROGRESS_FD = "TIM_PROGRESS_FD"  # a pipe for `tim run`'s progress display
 ENV_SHARD = "TIM_SHARD"  # "I/N": run part I of N duration-balanced parts
 ENV_SINCE = "TIM_SINCE"  # a git revision: also select what changed since its merge base
+ENV_JOBS = "TIM_JOBS"  # set by `tim run -j N`: xdist workers get parts balanced by history
 ORDERS = ("quick-feedback", "longest-first")
 
 # Finished tests are sent in one `record` request per BATCH tests, or
@@ -200,6 +201,9 @@ class TimPlugin:
         self._collecting = {}  # collector nodeid -> (file, Context)
         self.selected_count = None
         self.shard_seconds = []
+        self.scheduler = None
+        self.busy = {}  # xdist worker -> seconds of test reports
+        self.last_finish = {}  # xdist worker -> when its last report came
         self._rel_cache = {}
         self._parent_markers = {}  # collector -> frozenset of marker names
         self._last_flush = time.monotonic()
@@ -278,6 +282,28 @@ class TimPlugin:
             _warn(w)
 
     # -- xdist --------------------------------------------------------------
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        if not os.environ.get(ENV_JOBS) or self.conn is None:
+            return None
+        from pytest_tim._schedule import TimScheduling
+
+        self.scheduler = TimScheduling(config, log, self._partition)
+        return self.scheduler
+
+    def _partition(self, collection, workers):
+        """Parts of `collection` for `workers` workers, balanced by history,
+        and their expected seconds; None when the daemon cannot say."""
+        tests = [{"id": i, "file": i.split("::", 1)[0]} for i in collection]
+        try:
+            answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests, "parts": workers})
+        except DaemonError as e:
+            self._warn_once(f"could not split the tests by their durations ({e}); using xdist's scheduling")
+            return None
+        if not answer.get("parts"):
+            return None
+        return answer["parts"], answer.get("part_seconds") or []
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):
@@ -391,6 +417,12 @@ class TimPlugin:
     def pytest_runtest_logreport(self, report):
         if self.progress is not None:
             self.progress.report(report)
+        node = getattr(report, "node", None)
+        if node is not None and self.is_controller:
+            # Which worker was busy for how long, for the makespan line.
+            worker = node.gateway.id
+            self.busy[worker] = self.busy.get(worker, 0.0) + report.duration
+            self.last_finish[worker] = time.monotonic()
         state = self.current.get(report.nodeid)
         if state is None:
             return
@@ -491,6 +523,21 @@ class TimPlugin:
         except DaemonError as e:
             self._disable(f"recording failed: {e}")
         self.pending = []
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if not self.busy or self.scheduler is None:
+            return
+        # The makespan, explained: how busy each worker was, how long each
+        # waited for the last one, and what history expected.
+        end = max(self.last_finish.values())
+        expected = self.scheduler.expected
+        parts = []
+        for worker in sorted(self.busy):
+            line = f"{worker} busy {self.busy[worker]:.2f}s, idle {end - self.last_finish[worker]:.2f}s at the end"
+            if worker in expected:
+                line += f" (expected {expected[worker]:.2f}s)"
+            parts.append(line)
+        terminalreporter.write_line("tim: workers: " + "; ".join(parts))
 
     def pytest_sessionfinish(self, session, exitstatus):
         if self.progress is not None:
