@@ -65,7 +65,7 @@ pub enum Query {
     Changes {
         since: Option<String>,
     },
-    BeginRun(tim_proto::BeginRunParams),
+    BeginRun(Box<tim_proto::BeginRunParams>),
     Select(tim_proto::SelectParams),
     Record(tim_proto::RecordParams),
     EndRun(tim_proto::EndRunParams),
@@ -694,7 +694,7 @@ impl Core {
             | Query::CacheImport(_) => unreachable!("answered by the core"),
             Query::BeginRun(params) => {
                 let since = since_of(ctx.root, params.since.as_deref())?;
-                let run_id = self.pytest.begin_run(&mut ctx, params, since.as_ref())?;
+                let run_id = self.pytest.begin_run(&mut ctx, *params, since.as_ref())?;
                 Response::RunStarted(tim_proto::RunStarted {
                     run_id,
                     clock: ctx.clock,

@@ -55,6 +55,54 @@ fn is_hash(text: &str) -> bool {
     matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The files that differ between the merge base of `rev` and `HEAD` and the
+/// working tree (committed, staged, unstaged, and new untracked files),
+/// relative to `root`. Runs `git`; an error says what to do.
+pub fn changed_since(root: &Path, rev: &str) -> Result<Vec<crate::index::RepoPath>, String> {
+    let git = |args: &[&str]| -> Result<Vec<u8>, String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run git ({e}); --since needs git on the PATH"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(out.stdout)
+    };
+    if rev.starts_with('-') {
+        return Err(format!("{rev:?} is not a revision"));
+    }
+    let base = git(&["merge-base", rev, "HEAD"]).map_err(|e| {
+        format!("no merge base of {rev} and HEAD ({e}); name a branch, tag or commit this repository has (git fetch it first)")
+    })?;
+    let base = String::from_utf8_lossy(&base).trim().to_owned();
+    let mut out = Vec::new();
+    for listing in [
+        git(&[
+            "diff",
+            "--name-only",
+            "-z",
+            "--no-renames",
+            "--relative",
+            &base,
+            "--",
+        ])?,
+        git(&["ls-files", "--others", "--exclude-standard", "-z"])?,
+    ] {
+        for name in listing.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            out.push(crate::index::RepoPath::new(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,52 +174,4 @@ mod tests {
             );
         }
     }
-}
-
-/// The files that differ between the merge base of `rev` and `HEAD` and the
-/// working tree (committed, staged, unstaged, and new untracked files),
-/// relative to `root`. Runs `git`; an error says what to do.
-pub fn changed_since(root: &Path, rev: &str) -> Result<Vec<crate::index::RepoPath>, String> {
-    let git = |args: &[&str]| -> Result<Vec<u8>, String> {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run git ({e}); --since needs git on the PATH"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        Ok(out.stdout)
-    };
-    if rev.starts_with('-') {
-        return Err(format!("{rev:?} is not a revision"));
-    }
-    let base = git(&["merge-base", rev, "HEAD"]).map_err(|e| {
-        format!("no merge base of {rev} and HEAD ({e}); name a branch, tag or commit this repository has (git fetch it first)")
-    })?;
-    let base = String::from_utf8_lossy(&base).trim().to_owned();
-    let mut out = Vec::new();
-    for listing in [
-        git(&[
-            "diff",
-            "--name-only",
-            "-z",
-            "--no-renames",
-            "--relative",
-            &base,
-            "--",
-        ])?,
-        git(&["ls-files", "--others", "--exclude-standard", "-z"])?,
-    ] {
-        for name in listing.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            out.push(crate::index::RepoPath::new(
-                String::from_utf8_lossy(name).into_owned(),
-            ));
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }

@@ -300,7 +300,9 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Request::Subscribe(_) => {
                 return subscription(id, reader, writer, server).await;
             }
-            Request::BeginRun(p) => query(&server, writer, id, Query::BeginRun(p)).await?,
+            Request::BeginRun(p) => {
+                query(&server, writer, id, Query::BeginRun(Box::new(p))).await?
+            }
             Request::Select(p) => query(&server, writer, id, Query::Select(p)).await?,
             Request::Record(p) => query(&server, writer, id, Query::Record(p)).await?,
             Request::EndRun(p) => query(&server, writer, id, Query::EndRun(p)).await?,
