@@ -37,18 +37,16 @@ const SUITE: &[(&str, &str)] = &[
 /// A CI job: a fresh checkout with the shared history, running one shard;
 /// the tests it ran and its header line.
 fn job(shard: &str, files: &[&str]) -> (BTreeSet<String>, String) {
+    job_with(&["--all"], shard, files)
+}
+
+fn job_with(mode: &[&str], shard: &str, files: &[&str]) -> (BTreeSet<String>, String) {
     let mut p = Project::with_files(SUITE);
     p.env("TIM_PYTHON", &test_python());
     p.tim_ok(&["import-junit", "ci.xml"]);
-    let mut args = vec![
-        "run",
-        "--all",
-        "--shard",
-        shard,
-        "--no-progress",
-        "--",
-        "-v",
-    ];
+    let mut args = vec!["run"];
+    args.extend_from_slice(mode);
+    args.extend_from_slice(&["--shard", shard, "--no-progress", "--", "-v"]);
     args.extend_from_slice(files);
     let out = p.tim_ok(&args);
     let ran = out
@@ -91,6 +89,10 @@ fn shards_are_balanced_disjoint_and_the_same_on_every_job() {
     // Another job collecting in another order computes the same shard.
     let (reordered, _) = job("1/2", &["tests/test_d.py", "tests/test_a.py"]);
     assert_eq!(reordered, one);
+    // With --affected (the default) too: nothing recorded yet, so every
+    // test is affected, split the same way.
+    let (affected, _) = job_with(&[], "2/2", &[]);
+    assert_eq!(affected, two);
 }
 
 #[test]
