@@ -597,3 +597,50 @@ fn changing_pytest_configuration_affects_every_test() {
         "{json:#}"
     );
 }
+
+/// A generator started in one test and resumed in the next runs its body in
+/// both, though only the first enters it: every recorder must see the
+/// resumption (a `sys.monitoring` PY_RESUME; on 3.11 a hit after `yield`).
+#[test]
+fn a_generator_resumed_in_a_later_test_is_a_dependency_of_it() {
+    for recorder in [
+        Recorder::Instrument,
+        Recorder::Profile,
+        Recorder::Monitoring,
+    ] {
+        let mut p = Project::with_files(&[
+            (
+                "pyproject.toml",
+                "[project]\nname = \"gen\"\nversion = \"0\"\n",
+            ),
+            ("app/__init__.py", ""),
+            (
+                "app/gen.py",
+                "def numbers():\n    yield 1\n    yield 2\n\n\nNUMS = numbers()\n",
+            ),
+            (
+                "tests/test_gen.py",
+                "from app.gen import NUMS\n\n\ndef test_first():\n    assert next(NUMS) == 1\n\n\ndef test_second():\n    assert next(NUMS) == 2\n",
+            ),
+        ]);
+        let python = match recorder {
+            Recorder::Monitoring => test_python_monitoring(),
+            Recorder::Profile => {
+                p.env("TIM_RECORDER", "profile");
+                test_python()
+            }
+            Recorder::Instrument => test_python(),
+        };
+        p.env("TIM_PYTHON", &python);
+        // No history: collection order, so the first test starts it.
+        let out = p.tim_ok(&["run", "--all", "--no-progress", "--", "-q"]);
+        assert!(out.contains("2 passed"), "{out}");
+        edit(&p, "app/gen.py", "yield 2", "yield 1 + 1");
+        let (got, json) = affected(&p);
+        assert!(
+            got.contains("tests/test_gen.py::test_second"),
+            "{}: the resumed generator's edit must affect test_second: {json:#}",
+            python
+        );
+    }
+}

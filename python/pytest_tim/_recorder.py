@@ -3,7 +3,9 @@
 Code is recorded at function granularity from function-entry events, never
 by line tracing:
 
-* Python >= 3.12: `sys.monitoring` PY_START events. A code object's first
+* Python >= 3.12: `sys.monitoring` PY_START and PY_RESUME events (a
+  generator resumed in a later test runs its body without a PY_START). A
+  code object's first
   call since the last re-arm is recorded and its second returns DISABLE,
   so each costs at most two events until the next test (or fixture
   context) re-arms the ones disabled.
@@ -176,6 +178,10 @@ def backend_choice():
     return "monitoring" if hasattr(sys, "monitoring") else "instrument"
 
 
+# The sys.monitoring events recorded: entering a function, and resuming a
+# generator or coroutine.
+_EVENTS = (sys.monitoring.events.PY_START | sys.monitoring.events.PY_RESUME) if hasattr(sys, "monitoring") else 0
+
 _AUDITED = frozenset(("exec", "open", "sqlite3.connect", "os.listdir", "os.scandir"))
 
 
@@ -343,10 +349,13 @@ class _MonitoringBackend:
 
         self._on_start = on_start
         mon.register_callback(self._tool, mon.events.PY_START, on_start)
+        # A generator or coroutine resumed in a later test runs its body
+        # again without a PY_START.
+        mon.register_callback(self._tool, mon.events.PY_RESUME, on_start)
         if self._instrumented:
             # Taken back after the code under test freed our tool id.
             for code in self._instrumented.values():
-                mon.set_local_events(self._tool, code, mon.events.PY_START)
+                mon.set_local_events(self._tool, code, _EVENTS)
             return
         # Modules the project imported before recording started (the
         # conftest files, what they import): arm their functions, found
@@ -398,7 +407,7 @@ class _MonitoringBackend:
             if rel is None or _excluded(rel):
                 continue
             self._instrumented[id(c)] = c
-            mon.set_local_events(self._tool, c, mon.events.PY_START)
+            mon.set_local_events(self._tool, c, _EVENTS)
             stack.extend(k for k in c.co_consts if isinstance(k, type(c)))
 
     def boundary(self):
@@ -414,10 +423,10 @@ class _MonitoringBackend:
         if not fired or self._tool is None:
             return
         set_local = sys.monitoring.set_local_events
-        tool, start = self._tool, sys.monitoring.events.PY_START
+        tool = self._tool
         for code in fired:
             set_local(tool, code, 0)
-            set_local(tool, code, start)
+            set_local(tool, code, _EVENTS)
         fired.clear()
 
     def lost(self):
@@ -446,6 +455,7 @@ class _MonitoringBackend:
         tool, self._tool = self._tool, None
         if mon.get_tool(tool) == "tim":
             mon.register_callback(tool, mon.events.PY_START, None)
+            mon.register_callback(tool, mon.events.PY_RESUME, None)
             mon.free_tool_id(tool)
 
 
