@@ -409,3 +409,48 @@ fn exported_recordings_replay_in_another_checkout() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// Tests depend on what a cached fixture held, not only on what produced
+/// it: an entry recomputed with other content (a model's new answer under
+/// `--cache refresh`) affects the tests that used the old one.
+#[test]
+fn a_refreshed_artifact_affects_the_tests_that_used_the_old_one() {
+    let c = Pipeline::new(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"stamp\"\nversion = \"0\"\n",
+        ),
+        (
+            "tests/conftest.py",
+            "import time\n\nimport pytest_tim\n\n\n@pytest_tim.cached_fixture(scope=\"session\", code_independent=True)\ndef stamp():\n    return time.time_ns()\n",
+        ),
+        (
+            "tests/test_stamp.py",
+            "def test_a(stamp):\n    assert stamp > 0\n\n\ndef test_b(stamp):\n    assert stamp > 0\n",
+        ),
+    ]);
+    c.run(&["--all"]);
+    assert_eq!(affected(&c.p), Vec::<String>::new());
+    c.p.tim_ok(&[
+        "run",
+        "--all",
+        "--cache",
+        "refresh",
+        "--no-progress",
+        "--",
+        "-q",
+        "tests/test_stamp.py::test_a",
+    ]);
+    let v = c.p.tim_json(&["affected", "--json"]);
+    let tests = v["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 1, "{v:#}");
+    assert_eq!(tests[0]["id"], "tests/test_stamp.py::test_b");
+    assert!(
+        tests[0]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "cached fixture changed: tests/conftest.py::stamp"),
+        "{v:#}"
+    );
+}

@@ -83,7 +83,8 @@ enum Msg {
 }
 
 /// After the runner exits, how long tim still waits for the end of its
-/// output: a process the tests left behind may hold the pipe open forever.
+/// output, in all: a process the tests left behind may hold the pipe open
+/// (and even keep writing) forever.
 const AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// Runs `command` with its output and progress going through `display`
@@ -143,9 +144,10 @@ pub fn run(mut command: Command, display: Display) -> std::io::Result<ExitStatus
     let mut view = View::new(display);
     let (mut output_open, mut events_open) = (true, true);
     let mut exited = None;
+    let mut deadline: Option<std::time::Instant> = None;
     while output_open || events_open || exited.is_none() {
-        let msg = if exited.is_some() {
-            match rx.recv_timeout(AFTER_EXIT) {
+        let msg = if let Some(deadline) = deadline {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
                 Ok(msg) => msg,
                 Err(_) => break,
             }
@@ -160,7 +162,10 @@ pub fn run(mut command: Command, display: Display) -> std::io::Result<ExitStatus
             Msg::OutputEnd => output_open = false,
             Msg::Event(event) => view.event(event),
             Msg::EventsEnd => events_open = false,
-            Msg::Exited(status) => exited = Some(status),
+            Msg::Exited(status) => {
+                exited = Some(status);
+                deadline = Some(std::time::Instant::now() + AFTER_EXIT);
+            }
         }
     }
     view.finish();

@@ -448,9 +448,24 @@ fn require_xdist(python: &Path) -> Result<(), ClientError> {
 /// pytest arguments that hand the terminal to the tests or a debugger:
 /// their output must not go through a pipe.
 fn interactive(args: &[String]) -> bool {
+    // Options in PYTEST_ADDOPTS count as given here.
+    let extra: Vec<String> = std::env::var("PYTEST_ADDOPTS")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let args: Vec<&String> = args.iter().chain(&extra).collect();
+    // Short options taking a value: `-k s` is not `-s`.
+    const VALUED: &str = "kmpcoWnr";
     args.iter().any(|a| {
         matches!(a.as_str(), "-s" | "--pdb" | "--trace" | "--capture=no")
             || a.starts_with("--pdbcls")
+            || (a.len() > 2
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a[1..].chars().all(|c| c.is_ascii_alphabetic())
+                && a[1..]
+                    .chars()
+                    .take_while(|c| !VALUED.contains(*c))
+                    .any(|c| c == 's'))
     }) || args.windows(2).any(|w| w[0] == "--capture" && w[1] == "no")
 }
 
@@ -793,6 +808,18 @@ fn plural(n: usize, word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{PLUGIN, seconds_words};
+
+    #[test]
+    fn interactive_options_keep_the_terminal() {
+        let yes = |args: &[&str]| {
+            super::interactive(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert!(yes(&["-s"]) && yes(&["-vs"]) && yes(&["-xsv"]) && yes(&["--pdb"]));
+        assert!(yes(&["--capture", "no"]) && yes(&["--capture=no"]));
+        assert!(
+            !yes(&["-v"]) && !yes(&["-ks"]) && !yes(&["-k", "s"]) && !yes(&["--strict-markers"])
+        );
+    }
 
     #[test]
     fn saved_time_words() {

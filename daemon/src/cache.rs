@@ -178,6 +178,39 @@ impl<R> ArtifactCache<R> {
             .collect()
     }
 
+    /// Whether anyone is computing anything (the daemon must not go idle
+    /// while workers wait for it).
+    pub fn busy(&self) -> bool {
+        !self.leases.is_empty()
+    }
+
+    /// Whether `path` is a file directly in `tmp/`.
+    pub fn in_tmp(&self, path: &Path) -> bool {
+        path.parent()
+            .and_then(|p| p.canonicalize().ok())
+            .zip(self.dir.join("tmp").canonicalize().ok())
+            .is_some_and(|(parent, tmp)| parent == tmp)
+    }
+
+    /// Removes what producers left in `tmp/` (killed before storing) and
+    /// half-copied blobs: at start-up, when no lease can exist.
+    pub fn sweep(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(self.dir.join("blobs")) {
+            for d in dirs.flatten() {
+                for e in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                    if e.file_name().to_string_lossy().starts_with('.') {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether someone is computing `key` now.
     pub fn leased(&self, key: &str) -> bool {
         self.leases.contains_key(key)
@@ -193,14 +226,8 @@ impl<R> ArtifactCache<R> {
 
     /// Moves a producer's file into the store; returns its name and size.
     pub fn adopt(&self, tmp: &str) -> Result<(String, u64), CacheError> {
-        let tmp_dir = self.dir.join("tmp");
         let path = Path::new(tmp);
-        let inside = path
-            .parent()
-            .and_then(|p| p.canonicalize().ok())
-            .zip(tmp_dir.canonicalize().ok())
-            .is_some_and(|(parent, tmp_dir)| parent == tmp_dir);
-        if !inside {
+        if !self.in_tmp(path) {
             return Err(CacheError::NotInTmp(tmp.to_owned()));
         }
         let io = |source| CacheError::Io {

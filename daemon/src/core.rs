@@ -242,7 +242,12 @@ impl Core {
             index: Index::default(),
             store,
             pytest,
-            cache: ArtifactCache::new(&state_dir),
+            cache: {
+                // Leftovers of producers killed before they stored.
+                let cache = ArtifactCache::new(&state_dir);
+                cache.sweep();
+                cache
+            },
             events,
             watcher: None,
             watch_problem: None,
@@ -448,6 +453,7 @@ impl Core {
         }
         if let Some(idle) = self.config.idle_timeout
             && self.subscribers.is_empty()
+            && !self.cache.busy()
             && self.shutdown.is_none()
             && now >= self.last_activity + idle
         {
@@ -654,9 +660,12 @@ impl Core {
                 response,
                 warnings: self.current_warnings(),
             },
-            Err(e @ (PytestError::UnknownRun(_) | PytestError::Since(_))) => Reply::plain(
-                Response::Error(ErrorReply::new(ErrorCode::InvalidRequest, e.to_string())),
-            ),
+            Err(
+                e @ (PytestError::UnknownRun(_) | PytestError::Since(_) | PytestError::Invalid(_)),
+            ) => Reply::plain(Response::Error(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            ))),
             Err(e) => {
                 tracing::error!(error = %e, "query failed");
                 Reply::plain(Response::Error(ErrorReply::new(
@@ -838,7 +847,9 @@ impl Core {
             Err(e) => {
                 // The lease is given up: a waiter computes instead.
                 self.cache_release(&params.key, params.lease, None, false);
-                let _ = std::fs::remove_file(&params.tmp);
+                if self.cache.in_tmp(Path::new(&params.tmp)) {
+                    let _ = std::fs::remove_file(&params.tmp);
+                }
                 Reply::plain(Response::Error(ErrorReply::new(
                     ErrorCode::InvalidRequest,
                     e.to_string(),
@@ -895,6 +906,7 @@ impl Core {
         {
             self.cache.delete_blob(&old.blob);
         }
+        self.pytest.note_artifact(&params.key, Some(&blob));
         tracing::info!(
             key = params.key,
             fixture = params.fixture,
@@ -936,6 +948,9 @@ impl Core {
         }
         let keys: Vec<String> = gone.iter().map(|e| e.key.clone()).collect();
         self.store.cache_remove(&keys)?;
+        for key in &keys {
+            self.pytest.note_artifact(key, None);
+        }
         for e in &gone {
             if !self.store.cache_blob_used(&e.blob)? {
                 self.cache.delete_blob(&e.blob);
@@ -1007,6 +1022,7 @@ impl Core {
                 continue;
             }
             self.store.cache_put(&row, false)?;
+            self.pytest.note_artifact(&row.key, Some(&row.blob));
             if let Some(old) = old
                 && old.blob != row.blob
                 && !self.store.cache_blob_used(&old.blob)?

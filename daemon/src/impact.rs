@@ -53,6 +53,9 @@ pub enum Dep {
     External { module: String },
     /// The recording missed something; always stale.
     Incomplete { why: String },
+    /// An artifact of the fixture cache (by key) as it was when used (its
+    /// blake3 hex): stale once the key holds something else, or nothing.
+    Artifact { key: String, blob: String },
 }
 
 /// Why a test is affected. Rendered as the one-line reasons users see.
@@ -86,6 +89,11 @@ pub enum Reason {
         rev: String,
         path: RepoPath,
     },
+    /// A cached fixture now holds another artifact (refreshed, imported,
+    /// recomputed) or none.
+    ArtifactChanged {
+        key: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -112,6 +120,11 @@ impl fmt::Display for Reason {
             Reason::Incomplete(why) => write!(f, "incomplete record: {why}"),
             Reason::Environment(what) => write!(f, "{what}"),
             Reason::ChangedSince { rev, path } => write!(f, "changed since {rev}: {path}"),
+            Reason::ArtifactChanged { key } => {
+                // The key is `<fixture>:<digest of its inputs>`.
+                let fixture = key.rsplit_once(':').map_or(key.as_str(), |(f, _)| f);
+                write!(f, "cached fixture changed: {fixture}")
+            }
         }
     }
 }
@@ -124,6 +137,8 @@ pub trait Tree {
     fn dir_hash(&self, path: &RepoPath) -> Option<ContentHash>;
     /// The hash of the pytest configuration `path` holds (see [`Dep::Config`]).
     fn config_hash(&self, path: &RepoPath) -> Option<ContentHash>;
+    /// The artifact the fixture cache holds under `key` (blake3 hex).
+    fn artifact_blob(&self, key: &str) -> Option<String>;
 }
 
 /// Evaluates dependencies against a tree, remembering each answer: many
@@ -163,6 +178,9 @@ impl<'t, T: Tree> Evaluator<'t, T> {
 
     fn evaluate(&mut self, dep: &Dep) -> Option<Reason> {
         match dep {
+            Dep::Artifact { key, blob } => (self.tree.artifact_blob(key).as_deref()
+                != Some(blob.as_str()))
+            .then(|| Reason::ArtifactChanged { key: key.clone() }),
             Dep::Code {
                 file,
                 file_hash,
@@ -257,6 +275,10 @@ mod tests {
     }
 
     impl Tree for FakeTree {
+        fn artifact_blob(&self, _key: &str) -> Option<String> {
+            None
+        }
+
         fn file_hash(&self, path: &RepoPath) -> Option<ContentHash> {
             self.files.get(path.as_str()).map(|b| h(b))
         }

@@ -64,7 +64,12 @@ pub enum PytestError {
     Cache(#[from] crate::cache::CacheError),
     #[error("--since: {0}")]
     Since(String),
+    #[error("{0}")]
+    Invalid(String),
 }
+
+/// The most parts (workers) a selection is split into.
+const MAX_PARTS: u32 = 1024;
 
 /// `--since REV`: the revision and the files that differ from its merge
 /// base.
@@ -135,6 +140,9 @@ pub struct Pytest {
     /// (a scan of every kept result) and again after an import; ids
     /// recorded since are skipped where it is used.
     unrecorded: Option<Vec<(String, f64)>>,
+    /// The artifact cache's keys and the digests of what they hold (the
+    /// core keeps it current), for tests that used a cached fixture.
+    artifact_blobs: HashMap<String, String>,
 }
 
 /// Distinct dependencies, interned.
@@ -171,6 +179,8 @@ struct Current<'a> {
     parsed: &'a mut HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
     /// pytest's `python_files` globs.
     patterns: &'a [String],
+    /// The artifact cache: key -> the digest of the artifact it holds.
+    artifacts: &'a HashMap<String, String>,
 }
 
 /// Test files and conftest files are cut into blocks for pytest (see
@@ -185,6 +195,10 @@ fn mode_of(path: &RepoPath, patterns: &[String]) -> Mode {
 }
 
 impl Tree for Current<'_> {
+    fn artifact_blob(&self, key: &str) -> Option<String> {
+        self.artifacts.get(key).cloned()
+    }
+
     fn file_hash(&self, path: &RepoPath) -> Option<ContentHash> {
         if let Some(meta) = self.index.get(path) {
             return Some(meta.hash);
@@ -367,6 +381,9 @@ impl Pytest {
         if let Some(latest) = me.latest_env.and_then(|id| me.envs.get(&id)).cloned() {
             me.set_discovery(&latest);
         }
+        for row in store.cache_entries()? {
+            me.artifact_blobs.insert(row.key, row.blob);
+        }
         for (id, deps) in store.load_depsets()? {
             let set = me.deps.set(deps);
             me.depsets.insert(id, set);
@@ -422,6 +439,7 @@ impl Pytest {
             filter: ctx.filter,
             parsed: &mut self.parsed,
             patterns: &self.patterns,
+            artifacts: &self.artifact_blobs,
         }
     }
 
@@ -447,6 +465,14 @@ impl Pytest {
         params: BeginRunParams,
         since: Option<&Since>,
     ) -> Result<u64, PytestError> {
+        if let Some(shard) = params.shard
+            && !(1 <= shard.index && shard.index <= shard.count && shard.count <= MAX_PARTS)
+        {
+            return Err(PytestError::Invalid(format!(
+                "shard {}/{}: write I/N with 1 <= I <= N <= {MAX_PARTS}",
+                shard.index, shard.count
+            )));
+        }
         let env = Snapshot {
             python_files: params.collection.python_files,
             testpaths: params.collection.testpaths,
@@ -593,6 +619,7 @@ impl Pytest {
                 .unwrap_or_else(|| keep_together.group_of(id))
         };
         let mut run: Vec<(usize, String)> = match state.mode {
+            _ if params.selected => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
             RunMode::All => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
             RunMode::Affected => params
                 .tests
@@ -642,13 +669,18 @@ impl Pytest {
             crate::partition::lpt(&items, n as usize)
         };
         let mut shard_seconds = Vec::new();
-        if let Some(shard) = state.shard {
+        if let Some(shard) = state.shard.filter(|_| !params.selected) {
             let parts = split(&run, shard.count);
             let mine: HashSet<&String> = parts.parts[(shard.index - 1) as usize].iter().collect();
             run.retain(|(_, id)| mine.contains(id));
             shard_seconds = parts.loads;
         }
         let (parts, part_seconds) = match params.parts {
+            Some(n) if n > MAX_PARTS => {
+                return Err(PytestError::Invalid(format!(
+                    "parts: at most {MAX_PARTS}, not {n}"
+                )));
+            }
             Some(n) if n >= 1 => {
                 let parts = split(&run, n);
                 (parts.parts, parts.loads)
@@ -962,7 +994,13 @@ impl Pytest {
         }
         // Fixtures served from the artifact cache: what producing them
         // depended on (an entry of inputs only adds nothing).
-        for key in &deps.artifacts {
+        for used in &deps.artifacts {
+            // `key@digest`: the entry, and the artifact the test got.
+            let (key, blob) = used.rsplit_once('@').unwrap_or((used.as_str(), ""));
+            out.insert(Dep::Artifact {
+                key: key.to_owned(),
+                blob: blob.to_owned(),
+            });
             match ctx.store.cache_entry(key)? {
                 Some(CacheRow { deps: None, .. }) => {}
                 Some(CacheRow {
@@ -1119,6 +1157,7 @@ impl Pytest {
                 filter: ctx.filter,
                 parsed: &mut self.parsed,
                 patterns: &self.patterns,
+                artifacts: &self.artifact_blobs,
             };
             let Some(hash) = tree.file_hash(&file) else {
                 continue;
@@ -1226,6 +1265,7 @@ impl Pytest {
             filter: ctx.filter,
             parsed: &mut self.parsed,
             patterns: &self.patterns,
+            artifacts: &self.artifact_blobs,
         };
         for (env_id, ids) in by_env {
             let change = env_changes.get(&env_id).cloned().flatten();
@@ -1304,6 +1344,7 @@ impl Pytest {
                 filter: ctx.filter,
                 parsed: &mut self.parsed,
                 patterns: &self.patterns,
+                artifacts: &self.artifact_blobs,
             };
             // Per test file: gone, unchanged since collected, or changed.
             // Only a changed file is parsed, and only its tests checked.
@@ -1447,6 +1488,7 @@ impl Pytest {
             filter: ctx.filter,
             parsed: &mut self.parsed,
             patterns: &self.patterns,
+            artifacts: &self.artifact_blobs,
         };
         let mut eval = Evaluator::new(&mut tree, None);
         for (file, (set, _)) in &self.collections {
@@ -1557,11 +1599,19 @@ impl Pytest {
     /// directory it listed that gained or lost a file.
     fn since_reasons(&self, since: &Since) -> BTreeMap<String, Vec<Reason>> {
         let changed: HashSet<&RepoPath> = since.changed.iter().collect();
-        let dirs: HashSet<RepoPath> = since
-            .changed
-            .iter()
-            .map(|p| p.split().map_or_else(RepoPath::root, |(dir, _)| dir))
-            .collect();
+        // Every directory above a changed path: a listing of any of them may
+        // have changed (a file, or a subdirectory, added or removed).
+        let mut dirs: HashSet<RepoPath> = HashSet::new();
+        for path in &since.changed {
+            let mut at = path.clone();
+            while let Some((dir, _)) = at.split() {
+                if !dirs.insert(dir.clone()) {
+                    break;
+                }
+                at = dir;
+            }
+            dirs.insert(RepoPath::root());
+        }
         // Per interned dependency: the changed path it touches, if any.
         let mut memo: Vec<Option<Option<RepoPath>>> = vec![None; self.deps.all.len()];
         let mut touched = |id: u32| -> Option<RepoPath> {
@@ -1605,6 +1655,18 @@ impl Pytest {
             }
         }
         out
+    }
+
+    /// The artifact cache now holds `blob` under `key` (or nothing).
+    pub fn note_artifact(&mut self, key: &str, blob: Option<&str>) {
+        match blob {
+            Some(blob) => {
+                self.artifact_blobs.insert(key.to_owned(), blob.to_owned());
+            }
+            None => {
+                self.artifact_blobs.remove(key);
+            }
+        }
     }
 
     /// What producing a cache artifact depended on, as for a test's record
@@ -1652,6 +1714,7 @@ impl Pytest {
             filter: ctx.filter,
             parsed: &mut self.parsed,
             patterns: &self.patterns,
+            artifacts: &self.artifact_blobs,
         };
         let mut eval = Evaluator::new(&mut tree, change.as_ref());
         deps.iter()
@@ -1701,6 +1764,7 @@ impl Pytest {
             filter: ctx.filter,
             parsed: &mut self.parsed,
             patterns: &self.patterns,
+            artifacts: &self.artifact_blobs,
         };
         let mut eval = Evaluator::new(&mut tree, change.as_ref());
         let mut reasons = Vec::new();
@@ -1732,6 +1796,7 @@ impl Pytest {
                 Dep::Dir { path, .. } => ("dir", format!("{path}/")),
                 Dep::External { module } => ("module", module.clone()),
                 Dep::Incomplete { why } => ("record", format!("incomplete: {why}")),
+                Dep::Artifact { key, blob } => ("artifact", format!("{key} ({blob})")),
             };
             let absent = matches!(
                 dep,

@@ -1106,7 +1106,8 @@ impl Store {
 
 /// Dependency sets are stored as JSON arrays of short tagged arrays:
 /// `["c", file, file_hash, block, hash]`, `["f", path, hash]`,
-/// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`, `["i", why]`. Readable with `sqlite3` when
+/// `["d", path, hash]`, `["g", path, hash]`, `["x", module]`, `["i", why]`,
+/// `["a", cache key, artifact digest]`. Readable with `sqlite3` when
 /// debugging; compact enough.
 pub(crate) fn encode_deps(deps: &[Dep]) -> Value {
     Value::Array(
@@ -1123,6 +1124,7 @@ pub(crate) fn encode_deps(deps: &[Dep]) -> Value {
                 Dep::Config { path, hash } => json!(["g", path.as_str(), hex(hash)]),
                 Dep::External { module } => json!(["x", module]),
                 Dep::Incomplete { why } => json!(["i", why]),
+                Dep::Artifact { key, blob } => json!(["a", key, blob]),
             })
             .collect(),
     )
@@ -1154,6 +1156,10 @@ pub(crate) fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
             },
             "x" => Dep::External { module: text(1)? },
             "i" => Dep::Incomplete { why: text(1)? },
+            "a" => Dep::Artifact {
+                key: text(1)?,
+                blob: text(2)?,
+            },
             _ => return None,
         });
     }

@@ -472,6 +472,10 @@ pub struct SelectParams {
     /// parts (parallel workers); answered in `parts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<u32>,
+    /// 1.3: the tests were selected already (by the run's workers): only
+    /// order, estimate and split them (no deselection, no shard).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub selected: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -297,7 +297,9 @@ class TimPlugin:
         and their expected seconds; None when the daemon cannot say."""
         tests = [{"id": i, "file": i.split("::", 1)[0]} for i in collection]
         try:
-            answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests, "parts": workers})
+            answer = self.conn.request(
+                "select", {"run_id": self.run_id, "tests": tests, "parts": workers, "selected": True}
+            )
         except DaemonError as e:
             self._warn_once(f"could not split the tests by their durations ({e}); using xdist's scheduling")
             return None
@@ -478,7 +480,7 @@ class TimPlugin:
         if self.conn is not None:
             tests = [{"id": i, "file": i.split("::", 1)[0]} for i in ids]
             try:
-                answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests})
+                answer = self.conn.request("select", {"run_id": self.run_id, "tests": tests, "selected": True})
                 estimates = dict(zip(answer["run"], answer.get("estimates") or ()))
             except DaemonError:
                 pass  # progress without an ETA; recording is the workers'
@@ -615,6 +617,7 @@ class _Progress:
         if not fd:
             return None
         try:
+            os.set_inheritable(int(fd), False)
             return cls(os.fdopen(int(fd), "w", buffering=1, encoding="utf-8"))
         except (OSError, ValueError) as e:
             _warn(f"{ENV_PROGRESS_FD}={fd!r} is not a pipe to write progress to ({e}); no progress display")

@@ -79,8 +79,9 @@ def _canonical(value, path="inputs"):
         data = pickle.dumps(value, protocol=4)
     except Exception as e:
         raise TypeError(
-            f"cannot use {path} ({type(value).__name__}) in a cache key: {e}; "
-            "pass inputs=... with plain data that identifies it"
+            f"cannot use {path} ({type(value).__name__}) in a cache key: {e}; make it plain data "
+            "(str, numbers, lists, dicts) or picklable; a cached fixture's key includes the values "
+            "of the fixtures it takes"
         ) from None
     return "p:" + hashlib.sha256(data).hexdigest()
 
@@ -108,9 +109,12 @@ class ArtifactCache:
     def get_or_create(self, key, producer, *, inputs=None, serializer="pickle", code_independent=False, fixture=None):
         """The value stored under `key` (plus `inputs`) if it is still
         valid, else `producer()`, stored for next time."""
+        name = _serializer(serializer)[0]
         if fixture is None:
-            fixture = _caller()
-        full_key = f"{fixture}:{hashlib.sha256(_canonical((key, inputs)).encode()).hexdigest()[:32]}"
+            fixture = _caller(getattr(self._plugin, "root", None))
+        # The serializer is part of the key: switching it reads nothing
+        # written the other way.
+        full_key = f"{fixture}:{hashlib.sha256(_canonical((key, inputs, name)).encode()).hexdigest()[:32]}"
         return self._lookup(full_key, fixture, producer, serializer, code_independent)
 
     def _lookup(self, key, fixture, producer, serializer, code_independent):
@@ -136,14 +140,28 @@ class ArtifactCache:
             try:
                 with open(answer["path"], "rb") as f:
                     value = loads(f.read())
-            except (OSError, ValueError, pickle.UnpicklingError) as e:
-                plugin._warn_once(f"cannot read the cached {fixture} ({e}); computing it")
+            except Exception as e:
+                # Unreadable here (a class that moved, a module not
+                # installed): computed and stored again, never a failure.
+                plugin._warn_once(f"cannot read the cached {fixture} ({type(e).__name__}: {e}); computing it")
+                try:
+                    answer = conn.request(
+                        "cache_get",
+                        {"run_id": plugin.run_id, "key": key, "fixture": fixture, "mode": "refresh"},
+                    )
+                except DaemonError:
+                    answer = {"status": "compute"}
+                status = answer.get("status")
+                if status == "hit":
+                    # Someone else refreshed it meanwhile; compute anyway.
+                    answer = {"status": "compute"}
             else:
                 self.cache_hits += 1
-                # What produced it is what the tests using it depend on.
+                # What produced it, and what it holds, are what the tests
+                # using it depend on.
                 recorder = plugin.recorder
                 if recorder is not None:
-                    recorder.add_artifact(key)
+                    recorder.add_artifact(key, _blob_of(answer))
                 return value
         if status == "missing":
             raise CacheMiss(
@@ -174,6 +192,7 @@ class ArtifactCache:
         tmp_dir = answer.get("path") or os.path.join(plugin.root, ".tim", "cache", "tmp")
         self._tmp_serial += 1
         tmp = os.path.join(tmp_dir, f"{os.getpid()}-{self._tmp_serial}-{time.monotonic_ns()}")
+        stored = False
         try:
             data = dumps(value)
             with open(tmp, "wb") as f:
@@ -189,30 +208,44 @@ class ArtifactCache:
             }
             if ctx is not None:
                 params["deps"] = ctx.to_wire(recorder.root)
-            conn.request("cache_put", params)
+            stored_answer = conn.request("cache_put", params)
+            stored = True
             if recorder is not None:
-                recorder.add_artifact(key)
-        except (OSError, TypeError, ValueError, pickle.PicklingError, DaemonError) as e:
-            plugin._warn_once(f"could not store {fixture} in the artifact cache ({e})")
-            try:
-                conn.request("cache_abandon", {"lease": lease})
-            except DaemonError:
-                pass
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+                recorder.add_artifact(key, _blob_of(stored_answer))
+        except Exception as e:
+            # Any failure to serialize or store (pickle raises
+            # AttributeError for local objects; a custom serializer raises
+            # anything): the value is still good, the lease is given back.
+            plugin._warn_once(f"could not store {fixture} in the artifact cache ({type(e).__name__}: {e})")
+        finally:
+            if not stored:
+                try:
+                    conn.request("cache_abandon", {"lease": lease})
+                except DaemonError:
+                    pass
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
         return value
 
 
-def _caller():
-    """`file.py::function` of whoever called `get_or_create`, skipping
-    comprehensions and lambdas (`<dictcomp>`, `<lambda>`)."""
+def _blob_of(answer):
+    """The artifact's digest: the name of the file a `cache_entry` names."""
+    return os.path.basename(answer.get("path") or "")
+
+
+def _caller(root):
+    """`path/to/file.py::function` (root-relative) of whoever called
+    `get_or_create`, skipping comprehensions and lambdas."""
     frame = sys._getframe(2)
     while frame.f_back is not None and frame.f_code.co_name.startswith("<") and frame.f_code.co_name != "<module>":
         frame = frame.f_back
     code = frame.f_code
-    return f"{os.path.basename(code.co_filename)}::{getattr(code, 'co_qualname', code.co_name)}"
+    path = code.co_filename
+    if root:
+        path = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+    return f"{path.replace(os.sep, '/')}::{getattr(code, 'co_qualname', code.co_name)}"
 
 
 _NO_PARAM = object()

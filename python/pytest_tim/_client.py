@@ -7,6 +7,7 @@ frame is always `hello`; an `error` answer raises `DaemonError`.
 import json
 import os
 import socket
+import threading
 import subprocess
 
 PROTOCOL = {"major": 1, "minor": 3}
@@ -95,6 +96,9 @@ class Connection:
         # one of them got.
         self._outstanding = set()
         self._late_error = None
+        # One request at a time: the tests may use the artifact cache from
+        # several threads while the plugin sends records.
+        self._lock = threading.RLock()
         self.hello = self.request(
             "hello",
             {
@@ -152,26 +156,29 @@ class Connection:
     def send(self, kind, data):
         """Sends a request without waiting for its answer: the daemon works
         on it while the tests go on. `drain` collects the answers."""
-        self._outstanding.add(self._send(kind, data))
+        with self._lock:
+            self._outstanding.add(self._send(kind, data))
 
     def drain(self):
         """Waits for the answers to every `send`; raises the first error."""
-        while self._outstanding:
-            self._settle(self._read())
+        with self._lock:
+            while self._outstanding:
+                self._settle(self._read())
         if self._late_error is not None:
             error, self._late_error = self._late_error, None
             raise error
 
     def request(self, kind, data):
-        frame_id = self._send(kind, data)
-        while True:
-            frame = self._read()
-            if frame.get("id") in self._outstanding:
-                self._settle(frame)
-                continue
-            if frame.get("id") not in (None, frame_id):
-                continue
-            break
+        with self._lock:
+            frame_id = self._send(kind, data)
+            while True:
+                frame = self._read()
+                if frame.get("id") in self._outstanding:
+                    self._settle(frame)
+                    continue
+                if frame.get("id") not in (None, frame_id):
+                    continue
+                break
         if frame.get("type") == "error":
             data = frame.get("data", {})
             raise DaemonError(data.get("message", "unknown error"), code=data.get("code", "internal"))

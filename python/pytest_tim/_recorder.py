@@ -235,10 +235,12 @@ class Recorder:
                 other.incomplete = other.incomplete or lost
         return ctx
 
-    def add_artifact(self, key):
-        """Every open context used the artifact cache entry `key`."""
+    def add_artifact(self, key, blob):
+        """Every open context used the artifact cache entry `key`, holding
+        the artifact whose digest is `blob`."""
+        entry = f"{key}@{blob}"
         for ctx in self._active:
-            ctx.artifacts.add(key)
+            ctx.artifacts.add(entry)
 
     def _audit(self, event, args):
         # Called for every audit event of the process (`id()`, attribute
@@ -350,7 +352,9 @@ class _MonitoringBackend:
         self._on_start = on_start
         mon.register_callback(self._tool, mon.events.PY_START, on_start)
         # A generator or coroutine resumed in a later test runs its body
-        # again without a PY_START.
+        # again without a PY_START. (One resumed by `throw()` raises
+        # PY_THROW, which cannot be a local event, so it is not seen: the
+        # code it runs was entered in some test, which depends on it.)
         mon.register_callback(self._tool, mon.events.PY_RESUME, on_start)
         if self._instrumented:
             # Taken back after the code under test freed our tool id.
@@ -424,10 +428,17 @@ class _MonitoringBackend:
             return
         set_local = sys.monitoring.set_local_events
         tool = self._tool
-        for code in fired:
-            set_local(tool, code, 0)
-            set_local(tool, code, _EVENTS)
-        fired.clear()
+        try:
+            # Popped one by one: another thread may disable a code object
+            # (and append it) while this runs.
+            while fired:
+                code = fired.pop()
+                set_local(tool, code, 0)
+                set_local(tool, code, _EVENTS)
+        except ValueError:
+            # Our tool id was freed by the code under test: `lost()` notices
+            # and takes it back at the end of the context.
+            pass
 
     def lost(self):
         """Why events may have been missed since the last check, or None."""
