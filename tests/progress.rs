@@ -19,6 +19,8 @@ fn twenty_tests() -> Project {
         ("tests/test_many.py", &text),
     ]);
     p.env("TIM_PYTHON", &test_python());
+    // A line per finished test, so reports can be checked test by test.
+    p.env("TIM_PROGRESS_INTERVAL", "0");
     p
 }
 

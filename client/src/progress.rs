@@ -1,8 +1,8 @@
 //! `tim run`'s progress display. **The only user of indicatif.**
 //!
-//! The runner reports each finished test on a pipe of its own (the pytest
-//! plugin writes one JSON line per event to the descriptor named by
-//! `TIM_PROGRESS_FD`), with how long history says each test takes. The
+//! The runner reports finished tests on a pipe of its own (the pytest
+//! plugin writes JSON lines, at most one every 50 ms, to the descriptor
+//! named by `TIM_PROGRESS_FD`), with how long history says they take. The
 //! runner's output comes through a second pipe, so that tim decides where
 //! each byte goes and the display never cuts into the runner's lines:
 //!
@@ -67,10 +67,14 @@ enum Event {
     /// The tests to run are known: how many, and their expected total time
     /// (absent without history).
     Start { tests: u64, seconds: Option<f64> },
-    /// A test finished.
+    /// Tests finished since the last event: how many, how many failed
+    /// (failed, error or xpassed), and their expected seconds.
     Done {
-        outcome: String,
-        estimate: Option<f64>,
+        count: u64,
+        #[serde(default)]
+        failed: u64,
+        #[serde(default)]
+        estimate: f64,
     },
 }
 
@@ -264,12 +268,16 @@ impl Tally {
                 self.expected = seconds.filter(|s| s.is_finite() && *s >= 0.0);
                 self.started = Some(Instant::now());
             }
-            Event::Done { outcome, estimate } => {
-                self.done += 1;
-                if matches!(outcome.as_str(), "failed" | "error" | "xpassed") {
-                    self.failed += 1;
+            Event::Done {
+                count,
+                failed,
+                estimate,
+            } => {
+                self.done += count;
+                self.failed += failed;
+                if estimate.is_finite() && estimate > 0.0 {
+                    self.expected_done += estimate;
                 }
-                self.expected_done += estimate.filter(|s| s.is_finite()).unwrap_or(0.0);
             }
         }
     }
@@ -505,11 +513,14 @@ mod tests {
             }
         );
         assert_eq!(
-            serde_json::from_str::<Event>(r#"{"event":"done","outcome":"failed","estimate":null}"#)
-                .unwrap(),
+            serde_json::from_str::<Event>(
+                r#"{"event":"done","count":3,"failed":1,"estimate":0.5}"#
+            )
+            .unwrap(),
             Event::Done {
-                outcome: "failed".into(),
-                estimate: None
+                count: 3,
+                failed: 1,
+                estimate: 0.5
             }
         );
         assert!(serde_json::from_str::<Event>(r#"{"event":"later"}"#).is_err());
@@ -523,17 +534,17 @@ mod tests {
             seconds: Some(8.0),
         });
         assert_eq!(t.eta(0.0), Some(8.0), "nothing done: history alone");
-        for _ in 0..2 {
-            t.event(Event::Done {
-                outcome: "passed".into(),
-                estimate: Some(2.0),
-            });
-        }
+        t.event(Event::Done {
+            count: 2,
+            failed: 0,
+            estimate: 4.0,
+        });
         // Half of the expected time done in a quarter of it: twice as fast.
         assert_eq!(t.eta(2.0), Some(2.0));
         t.event(Event::Done {
-            outcome: "error".into(),
-            estimate: Some(2.0),
+            count: 1,
+            failed: 1,
+            estimate: 2.0,
         });
         assert_eq!(t.failed, 1);
         assert_eq!(t.summary(3.0), "3/4 tests · 1 failed · about 1.0s left");

@@ -595,19 +595,31 @@ class TimPlugin:
 
 
 class _Progress:
-    """Tells `tim run` how far the run is, for its progress bar: one JSON
-    line per event on the pipe `tim run` passed as TIM_PROGRESS_FD.
+    """Tells `tim run` how far the run is, for its progress bar: JSON lines
+    on the pipe `tim run` passed as TIM_PROGRESS_FD.
 
     `{"event": "start", "tests": N, "seconds": S}` once the tests to run are
     known (S: their expected total from history, or null), then
-    `{"event": "done", "outcome": ..., "estimate": seconds or null}` per
-    test. If `tim` goes away, reporting stops; the tests go on."""
+    `{"event": "done", "count": n, "failed": f, "estimate": seconds}` for
+    the tests finished since the last line, at most every 50 ms (a line per
+    test would cost a write per test). If `tim` goes away, reporting stops;
+    the tests go on."""
 
     def __init__(self, out):
         self._out = out
+        # `TIM_PROGRESS_INTERVAL` (seconds) overrides the 50 ms; 0 writes a
+        # line per test (the progress tests use it).
+        try:
+            self._interval = float(os.environ.get("TIM_PROGRESS_INTERVAL", "0.05"))
+        except ValueError:
+            self._interval = 0.05
         self._estimates = {}
         self._outcomes = {}
         self.started = False
+        self._count = 0
+        self._failed = 0
+        self._estimate = 0.0
+        self._last = 0.0
 
     @classmethod
     def from_env(cls):
@@ -637,6 +649,7 @@ class _Progress:
         known = [s for s in map(estimates.get, ids) if s is not None]
         seconds = sum(known) if known else None
         self._emit({"event": "start", "tests": len(ids), "seconds": seconds})
+        self._last = time.monotonic()
 
     def report(self, report):
         outcome = _outcome(report)
@@ -645,25 +658,30 @@ class _Progress:
             self._outcomes[nodeid] = _worst(self._outcomes.get(nodeid), outcome)
 
     def finish(self, nodeid):
-        self._emit(
-            {
-                "event": "done",
-                "outcome": self._outcomes.pop(nodeid, None) or "passed",
-                "estimate": self._estimates.get(nodeid),
-            }
-        )
+        outcome = self._outcomes.pop(nodeid, None)
+        self._count += 1
+        if outcome in ("failed", "error", "xpassed"):
+            self._failed += 1
+        self._estimate += self._estimates.get(nodeid) or 0.0
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._flush()
+
+    def _flush(self):
+        if self._count:
+            self._emit({"event": "done", "count": self._count, "failed": self._failed, "estimate": self._estimate})
+            self._count = self._failed = 0
+            self._estimate = 0.0
 
     def close(self):
+        self._flush()
         out, self._out = self._out, None
         if out is not None:
             try:
                 out.close()
             except OSError:
                 pass
-
-
-# Markers that say how a test runs, not what kind of test it is.
-_PLUMBING_MARKERS = frozenset(("parametrize", "usefixtures", "filterwarnings"))
 
 
 def _xdist_group(item):
