@@ -684,6 +684,10 @@ class _Progress:
                 pass
 
 
+# Markers that say how a test runs, not what kind of test it is.
+_PLUMBING_MARKERS = frozenset(("parametrize", "usefixtures", "filterwarnings"))
+
+
 def _xdist_group(item):
     """The name of the test's `xdist_group` mark, if any."""
     mark = item.get_closest_marker("xdist_group")
