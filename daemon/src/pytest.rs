@@ -618,6 +618,19 @@ impl Pytest {
                 .cloned()
                 .unwrap_or_else(|| keep_together.group_of(id))
         };
+        // Shards split everything collected, then keep what is affected: a
+        // test's shard must not depend on what each CI job finds affected
+        // (jobs that disagree would otherwise each leave it to the other).
+        let sharding = state.shard.filter(|_| !params.selected);
+        let collected: Vec<(usize, String)> = match sharding {
+            Some(_) => params
+                .tests
+                .iter()
+                .map(|t| t.id.clone())
+                .enumerate()
+                .collect(),
+            None => Vec::new(),
+        };
         let mut run: Vec<(usize, String)> = match state.mode {
             _ if params.selected => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
             RunMode::All => params.tests.into_iter().map(|t| t.id).enumerate().collect(),
@@ -669,11 +682,28 @@ impl Pytest {
             crate::partition::lpt(&items, n as usize)
         };
         let mut shard_seconds = Vec::new();
-        if let Some(shard) = state.shard.filter(|_| !params.selected) {
-            let parts = split(&run, shard.count);
-            let mine: HashSet<&String> = parts.parts[(shard.index - 1) as usize].iter().collect();
-            run.retain(|(_, id)| mine.contains(id));
-            shard_seconds = parts.loads;
+        if let Some(shard) = sharding {
+            let parts = split(&collected, shard.count);
+            let part_of: HashMap<&String, usize> = parts
+                .parts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, ids)| ids.iter().map(move |id| (id, i)))
+                .collect();
+            // What each shard runs of the selection, by history.
+            shard_seconds = vec![0.0; shard.count as usize];
+            for (_, id) in &run {
+                if let Some(&i) = part_of.get(id) {
+                    shard_seconds[i] += state
+                        .priority
+                        .get(id)
+                        .map(|p| p.1)
+                        .or(typical)
+                        .unwrap_or(1.0);
+                }
+            }
+            let mine = (shard.index - 1) as usize;
+            run.retain(|(_, id)| part_of.get(id) == Some(&mine));
         }
         let (parts, part_seconds) = match params.parts {
             Some(n) if n > MAX_PARTS => {
