@@ -47,12 +47,13 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import ensure_binaries, fmt_s, median, pip_env, say, sh
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "llm_pipeline"
@@ -108,21 +109,6 @@ GENERATE_ONCE = (
 # Running things
 
 
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, **kw)
-
-
-def pip_env() -> dict:
-    env = dict(os.environ)
-    # The machine's pip config names /opt/wheels, which may not exist.
-    env.pop("PIP_FIND_LINKS", None)
-    return env
-
-
 def setup_venv() -> Path:
     want = "\n".join(PINS) + "\n"
     py = VENV / "bin" / "python"
@@ -163,14 +149,6 @@ def summary_counts(out: str) -> dict:
                 counts[word] = counts.get(word, 0) + int(n)
             return counts
     return {}
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def fmt_s(s: float) -> str:
-    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def fmt_ms(s: float) -> str:
@@ -407,25 +385,6 @@ def bench_blobs(p: Project, args, results: dict, problems: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------
-
-
-def ensure_binaries(bin_dir: Path | None) -> Path:
-    if bin_dir is not None:
-        return bin_dir
-    bin_dir = REPO / "target" / "release"
-    if not all((bin_dir / n).is_file() for n in ("tim", "timd")):
-        say("building: cargo build --release -p tim --bins")
-        subprocess.run(["cargo", "build", "--release", "-p", "tim", "--bins"], cwd=REPO, check=True)
-    else:
-        newest = max(
-            p.stat().st_mtime
-            for d in ("client/src", "daemon/src", "proto/src", "python/pytest_tim")
-            for p in (REPO / d).rglob("*")
-            if p.is_file()
-        )
-        if (bin_dir / "tim").stat().st_mtime < newest:
-            say("warning: target/release/tim is older than the sources (cargo build --release -p tim --bins)")
-    return bin_dir
 
 
 def main() -> int:

@@ -25,6 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from _common import ensure_binaries, pip_env, say
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = "/tmp/tim-bench-parallel-venv"
@@ -53,10 +56,6 @@ def test_long(n):
 '''
 
 
-def say(*a):
-    print(*a, flush=True)
-
-
 def venv_python():
     py = os.path.join(VENV, "bin", "python")
     ok = os.path.exists(py) and subprocess.run([py, "-c", "import pytest, xdist"], capture_output=True).returncode == 0
@@ -64,8 +63,7 @@ def venv_python():
         say(f"setting up {VENV} (pytest, pytest-xdist)")
         shutil.rmtree(VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        env = dict(os.environ)
-        env.pop("PIP_FIND_LINKS", None)
+        env = pip_env()
         subprocess.run(
             [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
              os.path.join(REPO, "python", "requirements-test.txt")],
@@ -73,14 +71,6 @@ def venv_python():
             env=env,
         )
     return py
-
-
-def tim_binary(bin_dir):
-    tim = os.path.join(bin_dir, "tim")
-    if not os.path.exists(tim):
-        say("building release binaries: cargo build --release -p tim --bins")
-        subprocess.run(["cargo", "build", "--release", "-p", "tim", "--bins"], cwd=REPO, check=True)
-    return tim
 
 
 def timed(cmd, cwd, env):
@@ -114,12 +104,12 @@ def main():
     ap.add_argument("--long", type=int, default=1, help="long tests, collected last (default 1)")
     ap.add_argument("--short-rounds", type=int, default=200_000, help="hashing rounds of a short test (about 60 ms)")
     ap.add_argument("--long-rounds", type=int, default=9_000_000, help="hashing rounds of a long test (about 2.7 s)")
-    ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"))
+    ap.add_argument("--bin-dir", type=Path, help="directory holding tim and timd (default: target/release, built if missing)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
 
     py = venv_python()
-    tim = tim_binary(args.bin_dir)
+    tim = str(ensure_binaries(args.bin_dir) / "tim")
     work = tempfile.mkdtemp(prefix="tim-bench-parallel-")
     root = os.path.join(work, "proj")
     os.makedirs(os.path.join(root, "tests"))

@@ -50,13 +50,14 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from _common import ensure_binaries, fmt_s, median, pip_env, say, sh
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -385,18 +386,6 @@ class Python:
     target: float = RECORD_TARGET_311
 
 
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, **kw)
-
-
-def pip_env() -> dict:
-    env = dict(os.environ)
-    # The machine's pip config names /opt/wheels (may not exist) and a host
-    # CA path; neither helps here.
-    env.pop("PIP_FIND_LINKS", None)
-    return env
-
-
 def pins_marker(venv: Path) -> Path:
     return venv / "tim-bench-pins.txt"
 
@@ -483,10 +472,6 @@ def fetch_sdist(suite: Suite, py: Python) -> Path:
 
 # --------------------------------------------------------------------------
 # Running things
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 def base_env() -> dict:
@@ -627,14 +612,6 @@ class Copy:
         if text.count(old) != 1:
             raise RuntimeError(f"{edit.file}: {old!r} occurs {text.count(old)} times, not once")
         path.write_text(text.replace(old, new))
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def fmt_s(s: float) -> str:
-    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def spawn_floor(n: int) -> list[float]:
@@ -951,26 +928,6 @@ def bench_edit(edit: Edit, copies: dict[str, Copy], base_fail: set[str], total: 
 
 
 # --------------------------------------------------------------------------
-
-
-def ensure_binaries(bin_dir: Path | None, build: bool) -> Path:
-    if bin_dir is not None:
-        return bin_dir
-    bin_dir = REPO / "target" / "release"
-    missing = not all((bin_dir / n).is_file() for n in ("tim", "timd"))
-    if missing or build:
-        say("building: cargo build --release -p tim --bins")
-        subprocess.run(["cargo", "build", "--release", "-p", "tim", "--bins"], cwd=REPO, check=True)
-    else:
-        newest = max(
-            p.stat().st_mtime
-            for d in ("client/src", "daemon/src", "proto/src", "python/pytest_tim")
-            for p in (REPO / d).rglob("*")
-            if p.is_file()
-        )
-        if (bin_dir / "tim").stat().st_mtime < newest:
-            say("warning: target/release/tim is older than the sources (use --build to rebuild)")
-    return bin_dir
 
 
 def main() -> int:

@@ -121,16 +121,6 @@ impl Pipeline {
     }
 }
 
-fn affected(p: &Project) -> Vec<String> {
-    let v = p.tim_json(&["affected", "--json"]);
-    v["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn entries_are_reused_until_what_produced_them_changes() {
     let c = Pipeline::new(PIPELINE);
@@ -153,7 +143,7 @@ fn entries_are_reused_until_what_produced_them_changes() {
         "return [table",
         "return list(table.get(c, c) for c in text) or [table",
     );
-    assert_eq!(affected(&c.p), ["tests/test_pipeline.py::test_irs"]);
+    assert_eq!(affected_ids(&c.p), ["tests/test_pipeline.py::test_irs"]);
     let out = c.run(&[]);
     assert!(out.contains("1 passed"), "{out}");
     assert_eq!(c.calls(), (0, 2));
@@ -169,7 +159,7 @@ fn entries_are_reused_until_what_produced_them_changes() {
 
     // A data file read while producing the IRs.
     c.p.write("data/table.json", "{\"A\": \"a\", \"Z\": \"z\"}\n");
-    assert_eq!(affected(&c.p), ["tests/test_pipeline.py::test_irs"]);
+    assert_eq!(affected_ids(&c.p), ["tests/test_pipeline.py::test_irs"]);
     c.run(&["--all"]);
     assert_eq!(c.calls(), (0, 2));
 
@@ -430,7 +420,7 @@ fn a_refreshed_artifact_affects_the_tests_that_used_the_old_one() {
         ),
     ]);
     c.run(&["--all"]);
-    assert_eq!(affected(&c.p), Vec::<String>::new());
+    assert_eq!(affected_ids(&c.p), Vec::<String>::new());
     c.p.tim_ok(&[
         "run",
         "--all",

@@ -50,16 +50,6 @@ fn pytest(p: &Project, python: &str, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn affected_ids(p: &Project) -> Vec<String> {
-    let v = p.tim_json(&["affected", "--json"]);
-    v["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn the_users_own_pytest_command_with_tim() {
     let p = Project::with_files(SMALL);

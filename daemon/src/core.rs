@@ -679,8 +679,10 @@ impl Core {
         }
     }
 
-    fn pytest_query(&mut self, query: Query) -> Result<Response, PytestError> {
-        let mut ctx = Ctx {
+    /// What the pytest adapter works with (the tree, the store, the
+    /// settings), beside the adapter itself.
+    fn adapter(&mut self) -> (Ctx<'_>, &mut Pytest, &Config) {
+        let ctx = Ctx {
             root: &self.layout.root,
             keep_together: self.config.keep_together,
             history_keep: self.config.history_keep,
@@ -690,6 +692,11 @@ impl Core {
             store: &mut self.store,
             clock: String::new(),
         };
+        (ctx, &mut self.pytest, &self.config)
+    }
+
+    fn pytest_query(&mut self, query: Query) -> Result<Response, PytestError> {
+        let (mut ctx, pytest, config) = self.adapter();
         ctx.clock = format!("tim:{}:{}", ctx.store.instance(), ctx.store.seq());
         Ok(match query {
             Query::Status
@@ -703,30 +710,30 @@ impl Core {
             | Query::CacheImport(_) => unreachable!("answered by the core"),
             Query::BeginRun(params) => {
                 let since = since_of(ctx.root, params.since.as_deref())?;
-                let run_id = self.pytest.begin_run(&mut ctx, *params, since.as_ref())?;
+                let run_id = pytest.begin_run(&mut ctx, *params, since.as_ref())?;
                 Response::RunStarted(tim_proto::RunStarted {
                     run_id,
                     clock: ctx.clock,
                 })
             }
-            Query::Select(params) => Response::Selection(self.pytest.select(&mut ctx, params)?),
+            Query::Select(params) => Response::Selection(pytest.select(&mut ctx, params)?),
             Query::Record(params) => {
-                self.pytest.record(&mut ctx, params)?;
+                pytest.record(&mut ctx, params)?;
                 Response::Ok(OkReply {})
             }
             Query::EndRun(params) => {
-                self.pytest.end_run(&mut ctx, params)?;
+                pytest.end_run(&mut ctx, params)?;
                 Response::Ok(OkReply {})
             }
             Query::Affected(params) => {
                 let since = since_of(ctx.root, params.since.as_deref())?;
-                Response::Affected(self.pytest.affected(&mut ctx, params, since.as_ref()))
+                Response::Affected(pytest.affected(&mut ctx, params, since.as_ref()))
             }
-            Query::Why(params) => Response::Why(self.pytest.why(&mut ctx, params)),
-            Query::Stats(params) => Response::Stats(self.pytest.stats(&ctx, params)?),
-            Query::Audit(_) => Response::Audit(self.pytest.audit(&self.config.budgets)),
+            Query::Why(params) => Response::Why(pytest.why(&mut ctx, params)),
+            Query::Stats(params) => Response::Stats(pytest.stats(&ctx, params)?),
+            Query::Audit(_) => Response::Audit(pytest.audit(&config.budgets)),
             Query::ImportResults(params) => {
-                self.pytest.import_results(&mut ctx, params)?;
+                pytest.import_results(&mut ctx, params)?;
                 Response::Ok(tim_proto::OkReply {})
             }
         })
@@ -818,17 +825,8 @@ impl Core {
             Some(None) => return Some("recorded by another version of tim".to_owned()),
             Some(Some(deps)) => deps,
         };
-        let ctx = Ctx {
-            root: &self.layout.root,
-            keep_together: self.config.keep_together,
-            history_keep: self.config.history_keep,
-            order: self.config.order,
-            index: &self.index,
-            filter: &self.filter,
-            store: &mut self.store,
-            clock: String::new(),
-        };
-        self.pytest.stale_reason(&ctx, deps, row.env)
+        let (ctx, pytest, _) = self.adapter();
+        pytest.stale_reason(&ctx, deps, row.env)
     }
 
     fn cache_put(&mut self, params: tim_proto::CachePutParams) -> Reply {
@@ -866,17 +864,8 @@ impl Core {
         }
         let (deps, env) = match &params.deps {
             Some(deps) => {
-                let ctx = Ctx {
-                    root: &self.layout.root,
-                    keep_together: self.config.keep_together,
-                    history_keep: self.config.history_keep,
-                    order: self.config.order,
-                    index: &self.index,
-                    filter: &self.filter,
-                    store: &mut self.store,
-                    clock: String::new(),
-                };
-                let (deps, env) = self.pytest.producer_deps(&ctx, params.run_id, deps)?;
+                let (ctx, pytest, _) = self.adapter();
+                let (deps, env) = pytest.producer_deps(&ctx, params.run_id, deps)?;
                 (Some(Some(deps)), env)
             }
             None => (None, None),
@@ -928,32 +917,32 @@ impl Core {
     /// Evicts least recently used entries until the blobs take at most
     /// `max_bytes` (never one being computed); (removed, freed, kept, bytes).
     fn cache_evict(&mut self, max_bytes: u64) -> Result<(u64, u64, u64, u64), PytestError> {
-        let entries = self.store.cache_entries()?;
-        let mut bytes: u64 = entries.iter().map(|e| e.size).sum();
+        let entries = self.store.cache_slots()?;
+        let mut bytes: u64 = entries.iter().map(|(_, _, size)| size).sum();
         let mut gone = Vec::new();
         let mut freed = 0;
-        for e in &entries {
+        for (key, blob, size) in &entries {
             if bytes <= max_bytes {
                 break;
             }
-            if self.cache.leased(&e.key) {
+            if self.cache.leased(key) {
                 continue;
             }
-            bytes -= e.size;
-            freed += e.size;
-            gone.push(e.clone());
+            bytes -= size;
+            freed += size;
+            gone.push((key.clone(), blob));
         }
         if gone.is_empty() {
             return Ok((0, 0, entries.len() as u64, bytes));
         }
-        let keys: Vec<String> = gone.iter().map(|e| e.key.clone()).collect();
+        let keys: Vec<String> = gone.iter().map(|(key, _)| key.clone()).collect();
         self.store.cache_remove(&keys)?;
         for key in &keys {
             self.pytest.note_artifact(key, None);
         }
-        for e in &gone {
-            if !self.store.cache_blob_used(&e.blob)? {
-                self.cache.delete_blob(&e.blob);
+        for (_, blob) in &gone {
+            if !self.store.cache_blob_used(blob)? {
+                self.cache.delete_blob(blob);
             }
         }
         tracing::info!(removed = gone.len(), freed, "cache entries evicted");

@@ -381,8 +381,8 @@ impl Pytest {
         if let Some(latest) = me.latest_env.and_then(|id| me.envs.get(&id)).cloned() {
             me.set_discovery(&latest);
         }
-        for row in store.cache_entries()? {
-            me.artifact_blobs.insert(row.key, row.blob);
+        for (key, blob, _) in store.cache_slots()? {
+            me.artifact_blobs.insert(key, blob);
         }
         for (id, deps) in store.load_depsets()? {
             let set = me.deps.set(deps);
@@ -1739,13 +1739,7 @@ impl Pytest {
         if let Some(EnvChange::Everything(why)) = &change {
             return Some(why.clone());
         }
-        let mut tree = Current {
-            index: ctx.index,
-            filter: ctx.filter,
-            parsed: &mut self.parsed,
-            patterns: &self.patterns,
-            artifacts: &self.artifact_blobs,
-        };
+        let mut tree = self.current(ctx);
         let mut eval = Evaluator::new(&mut tree, change.as_ref());
         deps.iter()
             .find_map(|dep| eval.stale(dep))
@@ -1789,13 +1783,7 @@ impl Pytest {
         }
         all.sort();
         all.dedup();
-        let mut tree = Current {
-            index: ctx.index,
-            filter: ctx.filter,
-            parsed: &mut self.parsed,
-            patterns: &self.patterns,
-            artifacts: &self.artifact_blobs,
-        };
+        let mut tree = self.current(ctx);
         let mut eval = Evaluator::new(&mut tree, change.as_ref());
         let mut reasons = Vec::new();
         if outcome.is_failure() {

@@ -1002,6 +1002,19 @@ impl Store {
         Ok(stmt.query_row([key], cache_row).optional()?)
     }
 
+    /// (key, blob, size) of every entry, least recently used first: what
+    /// eviction and the adapter's artifact map need, without decoding any
+    /// dependencies.
+    pub fn cache_slots(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, blob, size FROM cache_entry ORDER BY used_ms, key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every entry, least recently used first.
     pub fn cache_entries(&self) -> Result<Vec<CacheRow>, StoreError> {
         let mut stmt = self.conn.prepare(&format!(

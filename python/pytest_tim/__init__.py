@@ -419,8 +419,8 @@ class TimPlugin:
     def pytest_runtest_logreport(self, report):
         if self.progress is not None:
             self.progress.report(report)
-        node = getattr(report, "node", None)
-        if node is not None and self.is_controller:
+        node = getattr(report, "node", None) if self.is_controller else None
+        if node is not None:
             # Which worker was busy for how long, for the makespan line.
             worker = node.gateway.id
             self.busy[worker] = self.busy.get(worker, 0.0) + report.duration

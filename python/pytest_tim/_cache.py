@@ -262,7 +262,10 @@ def cached_fixture(fn=None, *, scope="session", serializer="pickle", inputs=None
 
     def wrap(func):
         if inspect.isgeneratorfunction(func):
-            raise TypeError(f"{func.__qualname__}: a yield fixture cannot be cached (its teardown would not run on a hit)")
+            raise TypeError(
+                f"{func.__qualname__}: a yield fixture cannot be cached (its teardown would not run on a hit); "
+                "cache a fixture that returns the value, and keep set-up and teardown in a plain fixture using it"
+            )
         sig = inspect.signature(func)
         wants_request = "request" in sig.parameters
         params = list(sig.parameters.values())

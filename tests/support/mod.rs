@@ -510,15 +510,7 @@ impl Lines {
     /// Waits for the process to exit and its output to end; its status and
     /// every line it printed.
     pub fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let (tx, rx) = mpsc::channel();
-        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = rx
-            .recv_timeout(PATIENCE)
-            .expect("the process did not exit in time")
-            .unwrap();
+        let status = self.wait_child();
         // The reader ends at the end of the output: then the channel closes.
         while let Ok(line) = self.rx.recv_timeout(PATIENCE) {
             self.seen.push(line);
@@ -528,6 +520,10 @@ impl Lines {
 
     /// Waits for the process to exit; its status.
     pub fn wait(mut self) -> std::process::ExitStatus {
+        self.wait_child()
+    }
+
+    fn wait_child(&mut self) -> std::process::ExitStatus {
         let (tx, rx) = mpsc::channel();
         let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
         std::thread::spawn(move || {
@@ -608,6 +604,17 @@ impl Project {
 }
 
 /// The files of a `tim affected --json` answer's `collect` list.
+/// The ids `tim affected --json` lists.
+pub fn affected_ids(p: &Project) -> Vec<String> {
+    let v = p.tim_json(&["affected", "--json"]);
+    v["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn collect_files(affected: &Value) -> Vec<String> {
     affected["collect"]
         .as_array()
