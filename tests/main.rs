@@ -5,6 +5,7 @@
 mod support;
 
 mod cache;
+mod cargo;
 mod history;
 mod lifecycle;
 mod parallel;

@@ -71,18 +71,7 @@ pub fn read(path: &Path, root: &Path) -> Result<Vec<ImportedResult>, ClientError
     let mut out = Vec::new();
     for suite in &report.test_suites {
         for case in &suite.test_cases {
-            let outcome = match &case.status {
-                TestCaseStatus::Success { .. } => Outcome::Passed,
-                TestCaseStatus::NonSuccess {
-                    kind: NonSuccessKind::Failure,
-                    ..
-                } => Outcome::Failed,
-                TestCaseStatus::NonSuccess {
-                    kind: NonSuccessKind::Error,
-                    ..
-                } => Outcome::Error,
-                TestCaseStatus::Skipped { .. } => Outcome::Skipped,
-            };
+            let outcome = outcome_of(&case.status);
             out.push(ImportedResult {
                 id: node_id(
                     case.classname.as_ref().map(|c| c.as_str()),
@@ -92,6 +81,41 @@ pub fn read(path: &Path, root: &Path) -> Result<Vec<ImportedResult>, ClientError
                 outcome,
                 seconds: case.time.map_or(0.0, |t| t.as_secs_f64()),
             });
+        }
+    }
+    Ok(out)
+}
+
+fn outcome_of(status: &TestCaseStatus) -> Outcome {
+    match status {
+        TestCaseStatus::Success { .. } => Outcome::Passed,
+        TestCaseStatus::NonSuccess {
+            kind: NonSuccessKind::Failure,
+            ..
+        } => Outcome::Failed,
+        TestCaseStatus::NonSuccess {
+            kind: NonSuccessKind::Error,
+            ..
+        } => Outcome::Error,
+        TestCaseStatus::Skipped { .. } => Outcome::Skipped,
+    }
+}
+
+/// cargo-nextest's report: a suite per binary (named by its binary id), a
+/// case per test. (binary id, test name, outcome, seconds).
+pub fn read_nextest(text: &str) -> Result<Vec<(String, String, Outcome, f64)>, ClientError> {
+    let report = Report::deserialize_from_str(text).map_err(|e| {
+        ClientError::Protocol(format!("cannot read cargo-nextest's JUnit report: {e}"))
+    })?;
+    let mut out = Vec::new();
+    for suite in &report.test_suites {
+        for case in &suite.test_cases {
+            out.push((
+                suite.name.to_string(),
+                case.name.to_string(),
+                outcome_of(&case.status),
+                case.time.map_or(0.0, |t| t.as_secs_f64()),
+            ));
         }
     }
     Ok(out)

@@ -3,6 +3,7 @@
 //! prints the answer. It holds no selection logic of its own.
 
 mod cache;
+mod cargo;
 pub mod connect;
 pub mod error;
 pub mod junit;
@@ -148,6 +149,24 @@ enum Command {
         #[command(subcommand)]
         action: cache::CacheAction,
     },
+    /// (Internal) one run of a Cargo workspace's tests, as `tim run` and `tim watch` start it.
+    #[command(hide = true)]
+    CargoSession {
+        #[arg(long, conflicts_with = "all")]
+        affected: bool,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_name = "REV")]
+        since: Option<String>,
+        #[arg(long, value_enum)]
+        order: Option<pytest::OrderArg>,
+        #[arg(long, value_name = "I/N", value_parser = pytest::parse_shard)]
+        shard: Option<String>,
+        #[arg(long, default_value = "tim run")]
+        command_line: String,
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -246,22 +265,39 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pytest_args,
         } => {
             let command_line = std::env::args().collect::<Vec<_>>().join(" ");
-            pytest::run(
-                &layout,
-                pytest::RunArgs {
-                    all,
-                    order: order.map(Into::into),
-                    junit,
-                    python,
-                    pytest_args,
-                    command_line,
-                    no_progress,
-                    cache,
-                    shard,
-                    since,
-                    jobs,
-                },
-            )
+            // A root with both a Cargo workspace and a Python project runs
+            // both, pytest first; the worse exit code wins.
+            let cargo_root = cargo::is_cargo_root(&root);
+            let python_root = !cargo_root || cargo::is_python_root(&root);
+            let mut code = exit::OK;
+            if python_root {
+                code = pytest::run(
+                    &layout,
+                    pytest::RunArgs {
+                        all,
+                        order: order.map(Into::into),
+                        junit,
+                        python,
+                        pytest_args: pytest_args.clone(),
+                        command_line: command_line.clone(),
+                        no_progress,
+                        cache,
+                        shard: shard.clone(),
+                        since: since.clone(),
+                        jobs,
+                    },
+                )?;
+            }
+            if cargo_root {
+                let mut runner = cargo::CargoRunner::new(&layout, command_line);
+                runner.order = order.map(Into::into);
+                runner.since = since;
+                runner.shard = shard;
+                // Extra arguments are pytest's when pytest runs too.
+                let extra = if python_root { Vec::new() } else { pytest_args };
+                code = code.max(cargo::run(&layout, &mut runner, all, &extra)?);
+            }
+            Ok(code)
         }
         Command::Watch {
             on_change,
@@ -269,6 +305,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pytest_args,
         } => {
             let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+            if cargo::is_cargo_root(&root) && !cargo::is_python_root(&root) {
+                let mut runner = cargo::CargoRunner::new(&layout, command_line);
+                return watch::watch(
+                    &layout,
+                    &mut runner,
+                    watch::WatchArgs {
+                        on_change,
+                        extra: pytest_args,
+                    },
+                );
+            }
             let mut runner = pytest::PytestRunner::new(&layout, python.as_deref(), command_line);
             watch::watch(
                 &layout,
@@ -292,6 +339,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Changes { since, json } => changes(&layout, since, json.json),
         Command::Daemon { action } => daemon(&layout, action),
         Command::Cache { action } => cache::run(&layout, action),
+        Command::CargoSession {
+            affected: _,
+            all,
+            since,
+            order,
+            shard,
+            command_line,
+            extra,
+        } => cargo::session(
+            &layout,
+            cargo::SessionArgs {
+                all,
+                since,
+                order: order.map(Into::into),
+                shard: shard.as_deref().and_then(cargo::parse_shard),
+                command_line,
+                extra,
+            },
+        ),
     }
 }
 

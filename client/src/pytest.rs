@@ -130,6 +130,16 @@ pub fn affected_query(
     python: Option<String>,
     since: Option<String>,
 ) -> Result<(AffectedReply, Vec<String>), ClientError> {
+    affected_query_with(conn, python, None, since)
+}
+
+/// [`affected_query`], with the Rust tests' part when `cargo` is given.
+pub fn affected_query_with(
+    conn: &mut Connection,
+    python: Option<String>,
+    cargo: Option<tim_proto::CargoContext>,
+    since: Option<String>,
+) -> Result<(AffectedReply, Vec<String>), ClientError> {
     if !conn.hello.capabilities.iter().any(|c| c == "affected") {
         return Err(ClientError::Protocol(
             "the running daemon predates test selection; run `tim daemon restart`".into(),
@@ -137,7 +147,11 @@ pub fn affected_query(
     }
     request(
         conn,
-        Request::Affected(AffectedParams { python, since }),
+        Request::Affected(AffectedParams {
+            python,
+            since,
+            cargo,
+        }),
         |r| match r {
             Response::Affected(a) => Some(a),
             _ => None,
@@ -326,6 +340,26 @@ impl Runner for PytestRunner {
             None => command.env_remove("TIM_SINCE"),
         };
         Ok(command)
+    }
+
+    fn watch_args(&self, user: &[String], filter: Option<&str>) -> Vec<String> {
+        // Compact by default; the user's own verbosity wins.
+        let verbosity_given = user.iter().any(|a| {
+            matches!(a.as_str(), "--verbose" | "--quiet")
+                || (a.starts_with('-')
+                    && !a.starts_with("--")
+                    && a[1..].chars().all(|c| c == 'v' || c == 'q'))
+        });
+        let mut extra = vec!["--tb=short".to_owned()];
+        if !verbosity_given {
+            extra.push("-q".to_owned());
+        }
+        if let Some(filter) = filter {
+            extra.push("-k".into());
+            extra.push(filter.to_owned());
+        }
+        extra.extend(user.iter().cloned());
+        extra
     }
 
     fn exit_code(&self, plan: &RunPlan, code: i32) -> u8 {
@@ -545,9 +579,23 @@ pub fn affected(
     since: Option<String>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let python = choose_python(&layout.root, python);
+    let cargo_root = crate::cargo::is_cargo_root(&layout.root);
+    let python_root = !cargo_root || crate::cargo::is_python_root(&layout.root);
+    let cargo = match cargo_root {
+        true => Some(crate::cargo::context(&layout.root)?),
+        false => None,
+    };
+    let python = python_root
+        .then(|| python_identity(&choose_python(&layout.root, python)))
+        .flatten();
     let mut conn = connect::connect(layout)?;
-    let (reply, warnings) = affected_query(&mut conn, python_identity(&python), since)?;
+    let (reply, warnings) = affected_query_with(&mut conn, python, cargo, since)?;
+    if cargo_root && reply.cargo.is_none() {
+        return Err(ClientError::Protocol(
+            "the running daemon does not know Cargo workspaces; run `tim daemon restart`".into(),
+        )
+        .into());
+    }
     if json {
         crate::print_json(&crate::with_warnings(&reply, &warnings))?;
         return Ok(exit::OK);
@@ -556,11 +604,21 @@ pub fn affected(
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let w = |e| ClientError::io("cannot write the output", e);
+    if let Some(part) = &reply.cargo {
+        crate::cargo::print_affected(&mut out, &reply, part).map_err(w)?;
+        if !python_root {
+            return Ok(exit::OK);
+        }
+    }
     if let Some(why) = &reply.run_all {
         writeln!(out, "every test is affected: {why}").map_err(w)?;
         return Ok(exit::OK);
     }
-    for t in &reply.tests {
+    for t in reply
+        .tests
+        .iter()
+        .filter(|t| !t.id.starts_with(crate::cargo::TEST_PREFIX))
+    {
         writeln!(out, "{}", t.id).map_err(w)?;
         for r in &t.reasons {
             writeln!(out, "    {r}").map_err(w)?;
@@ -582,7 +640,11 @@ pub fn affected(
     writeln!(
         out,
         "{} of {} known tests affected; {} to collect",
-        reply.tests.len(),
+        reply
+            .tests
+            .iter()
+            .filter(|t| !t.id.starts_with(crate::cargo::TEST_PREFIX))
+            .count(),
         reply.total,
         plural(reply.collect.len(), "file")
     )
@@ -763,8 +825,12 @@ pub fn why(layout: &Layout, test: String, json: bool) -> anyhow::Result<u8> {
         Response::Why(w) => Some(w),
         _ => None,
     };
+    let cargo = match test.starts_with(crate::cargo::TEST_PREFIX) {
+        true => Some(crate::cargo::context(&layout.root)?),
+        false => None,
+    };
     let Some(reply): Option<WhyReply> =
-        answer(layout, Request::Why(WhyParams { test }), pick, json)?
+        answer(layout, Request::Why(WhyParams { test, cargo }), pick, json)?
     else {
         return Ok(exit::OK);
     };

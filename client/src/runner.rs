@@ -48,6 +48,10 @@ pub trait Runner {
 
     /// tim's exit code for the runner's.
     fn exit_code(&self, plan: &RunPlan, code: i32) -> u8;
+
+    /// The runner's arguments for a `tim watch` run: the user's `extra`,
+    /// the watch's name filter, and whatever makes the output compact.
+    fn watch_args(&self, extra: &[String], filter: Option<&str>) -> Vec<String>;
 }
 
 /// Starts `command` in a process group of its own, so that the whole tree

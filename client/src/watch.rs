@@ -245,22 +245,9 @@ impl Watch<'_> {
             "{prefix} · {}",
             plan.summary.trim_start_matches("tim: ")
         ));
-        // Compact by default; the user's own verbosity wins.
-        let verbosity_given = self.args.extra.iter().any(|a| {
-            matches!(a.as_str(), "--verbose" | "--quiet")
-                || (a.starts_with('-')
-                    && !a.starts_with("--")
-                    && a[1..].chars().all(|c| c == 'v' || c == 'q'))
-        });
-        let mut extra = vec!["--tb=short".to_owned()];
-        if !verbosity_given {
-            extra.push("-q".to_owned());
-        }
-        if let Some(filter) = &self.filter {
-            extra.push("-k".into());
-            extra.push(filter.clone());
-        }
-        extra.extend(self.args.extra.iter().cloned());
+        let extra = self
+            .runner
+            .watch_args(&self.args.extra, self.filter.as_deref());
         let command = match self.runner.command(&plan, &extra) {
             Ok(mut c) => {
                 c.stdin(std::process::Stdio::null());

@@ -82,6 +82,7 @@ pub enum Query {
     CacheGc(tim_proto::CacheGcParams),
     CacheExport(tim_proto::CacheTransferParams),
     CacheImport(tim_proto::CacheTransferParams),
+    CargoRecord(tim_proto::CargoRecordParams),
 }
 
 impl Query {
@@ -106,6 +107,7 @@ impl Query {
             Query::CacheGc(_) => "cache_gc",
             Query::CacheExport(_) => "cache_export",
             Query::CacheImport(_) => "cache_import",
+            Query::CargoRecord(_) => "cargo_record",
         }
     }
 }
@@ -719,6 +721,10 @@ impl Core {
             Query::Select(params) => Response::Selection(pytest.select(&mut ctx, params)?),
             Query::Record(params) => {
                 pytest.record(&mut ctx, params)?;
+                Response::Ok(OkReply {})
+            }
+            Query::CargoRecord(params) => {
+                pytest.record_cargo(&mut ctx, params)?;
                 Response::Ok(OkReply {})
             }
             Query::EndRun(params) => {

@@ -56,6 +56,18 @@ pub enum Dep {
     /// An artifact of the fixture cache (by key) as it was when used (its
     /// blake3 hex): stale once the key holds something else, or nothing.
     Artifact { key: String, blob: String },
+    /// An outside package's entries in a `Cargo.lock` (see
+    /// [`crate::cargo::lock_entries`]; `hash` `None`: it had none).
+    Lock {
+        lock: RepoPath,
+        package: String,
+        hash: Option<ContentHash>,
+    },
+    /// An environment variable a build declared it reads (`None`: unset).
+    EnvVar {
+        name: String,
+        hash: Option<ContentHash>,
+    },
 }
 
 /// Why a test is affected. Rendered as the one-line reasons users see.
@@ -94,6 +106,12 @@ pub enum Reason {
     ArtifactChanged {
         key: String,
     },
+    /// An outside package's `Cargo.lock` entries changed (a version bump).
+    LockChanged {
+        package: String,
+    },
+    /// An environment variable a build reads changed (or is not known).
+    EnvVarChanged(String),
 }
 
 impl fmt::Display for Reason {
@@ -125,6 +143,8 @@ impl fmt::Display for Reason {
                 let fixture = key.rsplit_once(':').map_or(key.as_str(), |(f, _)| f);
                 write!(f, "cached fixture changed: {fixture}")
             }
+            Reason::LockChanged { package } => write!(f, "Cargo.lock: {package} changed"),
+            Reason::EnvVarChanged(name) => write!(f, "environment variable {name} changed"),
         }
     }
 }
@@ -139,6 +159,16 @@ pub trait Tree {
     fn config_hash(&self, path: &RepoPath) -> Option<ContentHash>;
     /// The artifact the fixture cache holds under `key` (blake3 hex).
     fn artifact_blob(&self, key: &str) -> Option<String>;
+    /// The digest of `package`'s entries in the `Cargo.lock` at `lock`
+    /// (`Some(None)`: none); `None` when the file cannot be read.
+    fn lock_entry(&mut self, _lock: &RepoPath, _package: &str) -> Option<Option<ContentHash>> {
+        None
+    }
+    /// The hash of an environment variable's value now (`Some(None)`:
+    /// unset); `None` when the environment is not known.
+    fn env_var(&self, _name: &str) -> Option<Option<ContentHash>> {
+        None
+    }
 }
 
 /// Evaluates dependencies against a tree, remembering each answer: many
@@ -238,6 +268,19 @@ impl<'t, T: Tree> Evaluator<'t, T> {
                 _ => Some(Reason::PytestConfig(path.clone())),
             },
             Dep::Incomplete { why } => Some(Reason::Incomplete(why.clone())),
+            Dep::Lock {
+                lock,
+                package,
+                hash,
+            } => match self.tree.lock_entry(lock, package) {
+                Some(now) if now == *hash => None,
+                Some(_) => Some(Reason::LockChanged {
+                    package: package.clone(),
+                }),
+                None => Some(Reason::FileChanged(lock.clone())),
+            },
+            Dep::EnvVar { name, hash } => (self.tree.env_var(name) != Some(*hash))
+                .then(|| Reason::EnvVarChanged(name.clone())),
             Dep::External { module } => match self.env {
                 Some(EnvChange::Modules { modules, changes }) if modules.contains(module) => {
                     Some(Reason::Environment(changes.join("; ")))

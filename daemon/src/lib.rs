@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod cache;
+mod cargo;
 pub mod config;
 pub mod core;
 pub mod git;

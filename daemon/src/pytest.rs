@@ -10,6 +10,7 @@
 //! Owned by the core (one thread); it reads the index and writes the store
 //! through the [`Ctx`] the core lends it for each request.
 
+use crate::cargo;
 use crate::impact::{Dep, Evaluator, Reason, Tree};
 use crate::imports::{Files, ImportGraph, Resolver};
 use crate::index::{ContentHash, Index, RepoPath};
@@ -127,11 +128,12 @@ pub struct Pytest {
     envs: HashMap<i64, Arc<Snapshot>>,
     latest_env: Option<i64>,
     runs: HashMap<u64, RunState>,
-    parsed: HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
+    /// The caches and settings judging dependencies needs (lent to
+    /// [`Current`] while other fields are read).
+    view: View,
     graph: ImportGraph,
     graph_hashes: HashMap<RepoPath, ContentHash>,
-    /// pytest's `python_files` and `testpaths`, from the latest run.
-    patterns: Vec<String>,
+    /// pytest's `testpaths`, from the latest run.
     testpaths: Vec<RepoPath>,
     /// Metadata of the `*.dist-info` directories seen (see
     /// [`pyenv::scan_cached`]).
@@ -140,10 +142,25 @@ pub struct Pytest {
     /// (a scan of every kept result) and again after an import; ids
     /// recorded since are skipped where it is used.
     unrecorded: Option<Vec<(String, f64)>>,
+}
+
+/// What judging dependencies against the tree needs besides the index.
+#[derive(Default)]
+struct View {
+    parsed: HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
+    /// pytest's `python_files` globs, from the latest run.
+    patterns: Vec<String>,
     /// The artifact cache's keys and the digests of what they hold (the
     /// core keeps it current), for tests that used a cached fixture.
-    artifact_blobs: HashMap<String, String>,
+    artifacts: HashMap<String, String>,
+    /// The environment variables of the latest Cargo request (`None`
+    /// before one): what Rust builds would see now.
+    cargo_env: Option<BTreeMap<String, String>>,
+    /// `Cargo.lock` files read: their hash and entries (`None`: unparsable).
+    locks: HashMap<RepoPath, LockEntries>,
 }
+
+type LockEntries = (ContentHash, Option<Arc<BTreeMap<String, ContentHash>>>);
 
 /// Distinct dependencies, interned.
 #[derive(Default)]
@@ -176,11 +193,17 @@ impl DepTable {
 struct Current<'a> {
     index: &'a Index,
     filter: &'a Filter,
-    parsed: &'a mut HashMap<(ContentHash, Mode), Arc<ParsedModule>>,
-    /// pytest's `python_files` globs.
-    patterns: &'a [String],
-    /// The artifact cache: key -> the digest of the artifact it holds.
-    artifacts: &'a HashMap<String, String>,
+    view: &'a mut View,
+}
+
+impl<'a> Current<'a> {
+    fn new(ctx: &'a Ctx<'_>, view: &'a mut View) -> Current<'a> {
+        Current {
+            index: ctx.index,
+            filter: ctx.filter,
+            view,
+        }
+    }
 }
 
 /// Test files and conftest files are cut into blocks for pytest (see
@@ -196,7 +219,31 @@ fn mode_of(path: &RepoPath, patterns: &[String]) -> Mode {
 
 impl Tree for Current<'_> {
     fn artifact_blob(&self, key: &str) -> Option<String> {
-        self.artifacts.get(key).cloned()
+        self.view.artifacts.get(key).cloned()
+    }
+
+    fn lock_entry(&mut self, lock: &RepoPath, package: &str) -> Option<Option<ContentHash>> {
+        let bytes = std::fs::read(self.filter.abs(lock)).ok()?;
+        let hash = ContentHash::of(&bytes);
+        let entries = match self.view.locks.get(lock) {
+            Some((h, entries)) if *h == hash => entries.clone(),
+            _ => {
+                let entries = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(cargo::lock_entries)
+                    .map(Arc::new);
+                self.view
+                    .locks
+                    .insert(lock.clone(), (hash, entries.clone()));
+                entries
+            }
+        };
+        Some(entries?.get(package).copied())
+    }
+
+    fn env_var(&self, name: &str) -> Option<Option<ContentHash>> {
+        let env = self.view.cargo_env.as_ref()?;
+        Some(cargo::env_hash(env.get(name).map(String::as_str)))
     }
 
     fn file_hash(&self, path: &RepoPath) -> Option<ContentHash> {
@@ -210,15 +257,16 @@ impl Tree for Current<'_> {
     }
 
     fn parsed(&mut self, path: &RepoPath) -> Option<Arc<ParsedModule>> {
-        let mode = mode_of(path, self.patterns);
+        let mode = mode_of(path, &self.view.patterns);
         if let Some(meta) = self.index.get(path)
-            && let Some(parsed) = self.parsed.get(&(meta.hash, mode))
+            && let Some(parsed) = self.view.parsed.get(&(meta.hash, mode))
         {
             return Some(parsed.clone());
         }
         let bytes = std::fs::read(self.filter.abs(path)).ok()?;
         let hash = ContentHash::of(&bytes);
         let parsed = self
+            .view
             .parsed
             .entry((hash, mode))
             .or_insert_with(|| Arc::new(pyparse::parse_as(&bytes, mode)))
@@ -375,14 +423,16 @@ impl Pytest {
     pub fn load(store: &Store) -> Result<Pytest, StoreError> {
         let mut me = Pytest::default();
         for (id, env) in store.load_envs()? {
-            me.latest_env = Some(me.latest_env.map_or(id, |l: i64| l.max(id)));
+            if !cargo::is_cargo_env(&env) {
+                me.latest_env = Some(me.latest_env.map_or(id, |l: i64| l.max(id)));
+            }
             me.envs.insert(id, Arc::new(env));
         }
         if let Some(latest) = me.latest_env.and_then(|id| me.envs.get(&id)).cloned() {
             me.set_discovery(&latest);
         }
         for (key, blob, _) in store.cache_slots()? {
-            me.artifact_blobs.insert(key, blob);
+            me.view.artifacts.insert(key, blob);
         }
         for (id, deps) in store.load_depsets()? {
             let set = me.deps.set(deps);
@@ -425,7 +475,7 @@ impl Pytest {
     }
 
     fn set_discovery(&mut self, env: &Snapshot) {
-        self.patterns = env.python_files.clone();
+        self.view.patterns = env.python_files.clone();
         self.testpaths = env
             .testpaths
             .iter()
@@ -434,13 +484,7 @@ impl Pytest {
     }
 
     fn current<'a>(&'a mut self, ctx: &'a Ctx<'_>) -> Current<'a> {
-        Current {
-            index: ctx.index,
-            filter: ctx.filter,
-            parsed: &mut self.parsed,
-            patterns: &self.patterns,
-            artifacts: &self.artifact_blobs,
-        }
+        Current::new(ctx, &mut self.view)
     }
 
     fn resolver(&self, env: Option<&Snapshot>) -> Resolver {
@@ -473,15 +517,19 @@ impl Pytest {
                 shard.index, shard.count
             )));
         }
-        let env = Snapshot {
-            python_files: params.collection.python_files,
-            testpaths: params.collection.testpaths,
-            dists: pyenv::scan_cached(&params.environment.site_dirs, &mut self.dist_cache),
-            python: params.environment.python,
-            version: params.environment.version,
-            implementation: params.environment.implementation,
-            site_dirs: params.environment.site_dirs,
-            root_paths: params.environment.root_paths,
+        let rust = params.cargo.is_some();
+        let env = match &params.cargo {
+            Some(cargo) => self.note_cargo(cargo),
+            None => Snapshot {
+                python_files: params.collection.python_files,
+                testpaths: params.collection.testpaths,
+                dists: pyenv::scan_cached(&params.environment.site_dirs, &mut self.dist_cache),
+                python: params.environment.python,
+                version: params.environment.version,
+                implementation: params.environment.implementation,
+                site_dirs: params.environment.site_dirs,
+                root_paths: params.environment.root_paths,
+            },
         };
         let env_id = ctx.store.intern_env(&env)?;
         let mode_name = match params.mode {
@@ -498,12 +546,18 @@ impl Pytest {
         })?;
         let env = Arc::new(env);
         self.envs.insert(env_id, env.clone());
-        self.latest_env = Some(env_id);
-        self.set_discovery(&env);
+        if !rust {
+            self.latest_env = Some(env_id);
+            self.set_discovery(&env);
+        }
         let unaffected = match params.mode {
             RunMode::All => HashSet::new(),
             RunMode::Affected => {
-                let mut affected = self.evaluate(ctx, &env);
+                // Each runner selects among its own tests only.
+                let mut affected = match rust {
+                    true => self.evaluate(ctx, None, Some(&env)),
+                    false => self.evaluate(ctx, Some(&env), None),
+                };
                 if let Some(since) = since {
                     affected.extend(self.since_reasons(since));
                 }
@@ -880,6 +934,252 @@ impl Pytest {
         Ok(())
     }
 
+    /// Records Rust tests: every test of a binary gets the binary's
+    /// dependencies (see [`crate::cargo`]), with the hashes the files have
+    /// now; a file changed since the run began is recorded as unknown.
+    pub fn record_cargo(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        params: tim_proto::CargoRecordParams,
+    ) -> Result<(), PytestError> {
+        let (clock, env_id) = {
+            let state = self.run_state(ctx, params.run_id)?;
+            (state.clock, state.env)
+        };
+        // A run the daemon rebuilt after a restart has no toolchain: one
+        // that matches no real one keeps these tests affected.
+        let env_id = match self.envs.get(&env_id) {
+            Some(env) if cargo::is_cargo_env(env) => env_id,
+            _ => {
+                let env = cargo::snapshot("(unknown: the daemon restarted during the run)");
+                let id = ctx.store.intern_env(&env)?;
+                self.envs.insert(id, Arc::new(env));
+                id
+            }
+        };
+        let workspace = Path::new(&params.workspace_root);
+        let target = Path::new(&params.target_dir);
+        let mut by_binary: HashMap<&str, (RepoPath, Vec<Dep>)> = HashMap::new();
+        for binary in &params.binaries {
+            let deps = self.binary_deps(ctx, binary, clock, workspace, target)?;
+            by_binary.insert(
+                &binary.binary_id,
+                (
+                    RepoPath::new(binary.src.clone()),
+                    deps.into_iter().collect(),
+                ),
+            );
+        }
+        // Each binary listed its tests in full: known ones it no longer
+        // has are gone, and one without tests gets a marker.
+        let mut gone = Vec::new();
+        let mut markers = Vec::new();
+        for binary in &params.binaries {
+            let listed: HashSet<&String> = binary.tests.iter().collect();
+            let marker = cargo::marker_id(&binary.binary_id);
+            for id in self.tests.keys() {
+                if cargo::binary_of(id) == Some(binary.binary_id.as_str())
+                    && !listed.contains(id)
+                    && (*id != marker || !listed.is_empty())
+                {
+                    gone.push(id.clone());
+                }
+            }
+            if listed.is_empty() {
+                markers.push(tim_proto::CargoTestResult {
+                    id: marker,
+                    binary_id: binary.binary_id.clone(),
+                    outcome: tim_proto::Outcome::Passed,
+                    seconds: 0.0,
+                });
+            }
+        }
+        if !gone.is_empty() {
+            ctx.store.forget(&gone, &[])?;
+            for id in &gone {
+                self.tests.remove(id);
+            }
+        }
+        let missing = vec![Dep::Incomplete {
+            why: "its test binary was not reported".into(),
+        }];
+        let rows: Vec<(&tim_proto::CargoTestResult, RepoPath, &Vec<Dep>)> = params
+            .tests
+            .iter()
+            .chain(&markers)
+            .map(|t| match by_binary.get(t.binary_id.as_str()) {
+                Some((src, deps)) => (t, src.clone(), deps),
+                None => (t, RepoPath::new(String::new()), &missing),
+            })
+            .collect();
+        let new: Vec<NewTest<'_>> = rows
+            .iter()
+            .map(|(t, file, deps)| NewTest {
+                node_id: &t.id,
+                file,
+                outcome: t.outcome.as_str(),
+                durations: [0.0, t.seconds.max(0.0), 0.0],
+                deps,
+                markers: &[],
+            })
+            .collect();
+        let batch = Batch {
+            tests: new,
+            collections: Vec::new(),
+            imports: Vec::new(),
+        };
+        let sets = ctx
+            .store
+            .record(params.run_id, env_id, ctx.history_keep, &batch)?;
+        drop(batch);
+        for ((t, file, deps), set) in rows.into_iter().zip(sets.tests) {
+            if !self.depsets.contains_key(&set) {
+                let interned = self.deps.set(deps.clone());
+                self.depsets.insert(set, interned);
+            }
+            self.tests.insert(
+                t.id.clone(),
+                TestRecord {
+                    file,
+                    outcome: t.outcome,
+                    duration: t.seconds.max(0.0),
+                    markers: Vec::new(),
+                    deps: set,
+                    env: env_id,
+                    run: params.run_id,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// What a test binary was built from: the files its dep-info and that
+    /// of the workspace libraries it links list (generated files in the
+    /// target directory are judged through the build scripts that wrote
+    /// them), the build scripts' declared inputs (everything in the
+    /// package when they declare none, as Cargo does), manifests,
+    /// `Cargo.lock` entries of outside packages, environment variables.
+    fn binary_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        binary: &tim_proto::CargoBinary,
+        clock: u64,
+        workspace: &Path,
+        target: &Path,
+    ) -> Result<BTreeSet<Dep>, PytestError> {
+        let mut deps = BTreeSet::new();
+        let mut env: BTreeMap<String, Option<ContentHash>> = BTreeMap::new();
+        let mut files: BTreeSet<RepoPath> = BTreeSet::new();
+        let read = |path: &str, what: &str, deps: &mut BTreeSet<Dep>| {
+            let text = std::fs::read_to_string(path).ok();
+            if text.is_none() {
+                deps.insert(Dep::Incomplete {
+                    why: format!("{what} {path} could not be read (not built?)"),
+                });
+            }
+            text
+        };
+        let mut dep_infos: Vec<&String> = binary.dep_info.iter().collect();
+        dep_infos.extend(
+            binary
+                .build_scripts
+                .iter()
+                .filter_map(|b| b.dep_info.as_ref()),
+        );
+        for path in dep_infos {
+            let Some(text) = read(path, "dep-info file", &mut deps) else {
+                continue;
+            };
+            let info = cargo::parse_dep_info(&text, workspace);
+            for file in info.files {
+                if file.starts_with(target) {
+                    continue;
+                }
+                if let Some(rel) = ctx.filter.relative(&file) {
+                    files.insert(rel);
+                }
+            }
+            for (name, value) in info.env {
+                if !cargo::set_by_cargo(&name) {
+                    env.insert(name, cargo::env_hash(value.as_deref()));
+                }
+            }
+        }
+        for script in &binary.build_scripts {
+            let Some(text) = read(&script.output, "build script output", &mut deps) else {
+                continue;
+            };
+            let declared = cargo::parse_build_output(&text);
+            let package = Path::new(&script.package_dir);
+            let mut inputs: Vec<RepoPath> = Vec::new();
+            if declared.rerun_if_changed.is_empty() {
+                inputs.extend(ctx.filter.relative(package));
+            }
+            for path in &declared.rerun_if_changed {
+                inputs.extend(ctx.filter.relative(&package.join(path)));
+            }
+            for input in inputs {
+                if ctx.index.has_dir(&input) || input == RepoPath::root() {
+                    files.extend(
+                        ctx.index
+                            .files()
+                            .map(|(p, _)| p)
+                            .filter(|p| p.starts_with_dir(&input)),
+                    );
+                } else {
+                    files.insert(input);
+                }
+            }
+            let now = self.view.cargo_env.as_ref();
+            for name in declared.rerun_if_env_changed {
+                let value = now.and_then(|e| e.get(&name)).map(String::as_str);
+                env.insert(name, cargo::env_hash(value));
+            }
+        }
+        for manifest in &binary.manifests {
+            files.extend(ctx.filter.relative(Path::new(manifest)));
+        }
+        for file in files {
+            let edited = ctx
+                .store
+                .file_changed_seq(&file)?
+                .is_some_and(|seq| seq > clock);
+            deps.insert(if edited {
+                // Built in its old or its new form: unknown, stays affected.
+                Dep::Code {
+                    file,
+                    file_hash: None,
+                    block: None,
+                    hash: None,
+                }
+            } else {
+                let hash = Current::new(ctx, &mut self.view).file_hash(&file);
+                Dep::File { path: file, hash }
+            });
+        }
+        if let Some(lock) = binary.lock.as_deref() {
+            let lock = ctx.filter.relative(Path::new(lock));
+            let mut tree = Current::new(ctx, &mut self.view);
+            for package in &binary.externals {
+                let hash = lock.as_ref().and_then(|l| tree.lock_entry(l, package));
+                deps.insert(match (&lock, hash) {
+                    (Some(lock), Some(hash)) => Dep::Lock {
+                        lock: lock.clone(),
+                        package: package.clone(),
+                        hash,
+                    },
+                    _ => Dep::Incomplete {
+                        why: "Cargo.lock could not be read".into(),
+                    },
+                });
+            }
+        }
+        for (name, hash) in env {
+            deps.insert(Dep::EnvVar { name, hash });
+        }
+        Ok(deps)
+    }
+
     /// Adds what the imports `deps` rely on ran: for every module whose
     /// import-time code is a dependency, the dependencies of its import
     /// record (this batch's, else the stored one), transitively. A test that
@@ -1182,13 +1482,7 @@ impl Pytest {
             if !seen.insert(file.clone()) {
                 continue;
             }
-            let mut tree = Current {
-                index: ctx.index,
-                filter: ctx.filter,
-                parsed: &mut self.parsed,
-                patterns: &self.patterns,
-                artifacts: &self.artifact_blobs,
-            };
+            let mut tree = Current::new(ctx, &mut self.view);
             let Some(hash) = tree.file_hash(&file) else {
                 continue;
             };
@@ -1264,7 +1558,12 @@ impl Pytest {
 
     /// Every affected known test with its reasons, against environment
     /// `env`.
-    fn evaluate(&mut self, ctx: &Ctx<'_>, env: &Snapshot) -> BTreeMap<String, Vec<Reason>> {
+    fn evaluate(
+        &mut self,
+        ctx: &Ctx<'_>,
+        env: Option<&Snapshot>,
+        toolchain: Option<&Snapshot>,
+    ) -> BTreeMap<String, Vec<Reason>> {
         let mut env_changes: HashMap<i64, Option<EnvChange>> = HashMap::new();
         for id in self
             .tests
@@ -1277,7 +1576,7 @@ impl Pytest {
                     Some(EnvChange::Everything(
                         "environment: the recorded one is unreadable".into(),
                     )),
-                    |old| pyenv::diff(old, env),
+                    |old| env_change(old, env, toolchain),
                 )
             });
         }
@@ -1290,13 +1589,7 @@ impl Pytest {
         let collections = &self.collections;
         let depsets = &self.depsets;
         let table = &self.deps;
-        let mut tree = Current {
-            index: ctx.index,
-            filter: ctx.filter,
-            parsed: &mut self.parsed,
-            patterns: &self.patterns,
-            artifacts: &self.artifact_blobs,
-        };
+        let mut tree = Current::new(ctx, &mut self.view);
         for (env_id, ids) in by_env {
             let change = env_changes.get(&env_id).cloned().flatten();
             let mut eval = Evaluator::new(&mut tree, change.as_ref());
@@ -1369,13 +1662,7 @@ impl Pytest {
         let mut gone = Vec::new();
         let mut gone_files = Vec::new();
         {
-            let mut tree = Current {
-                index: ctx.index,
-                filter: ctx.filter,
-                parsed: &mut self.parsed,
-                patterns: &self.patterns,
-                artifacts: &self.artifact_blobs,
-            };
+            let mut tree = Current::new(ctx, &mut self.view);
             // Per test file: gone, unchanged since collected, or changed.
             // Only a changed file is parsed, and only its tests checked.
             let mut changed: HashMap<&RepoPath, Option<Arc<ParsedModule>>> = HashMap::new();
@@ -1383,6 +1670,14 @@ impl Pytest {
             for (id, record) in &self.tests {
                 let file = &record.file;
                 if unchanged.contains(file) {
+                    continue;
+                }
+                // A Rust test's file is its binary's main source: gone, the
+                // binary is gone.
+                if cargo::is_cargo(id) {
+                    if tree.file_hash(file).is_none() {
+                        gone.push(id.clone());
+                    }
                     continue;
                 }
                 if !changed.contains_key(file) {
@@ -1460,50 +1755,77 @@ impl Pytest {
         since: Option<&Since>,
     ) -> AffectedReply {
         self.forget_vanished(ctx);
-        let total = self.tests.len() as u64;
-        let reply = |tests, collect, run_all: Option<String>, unaffected_seconds| AffectedReply {
+        let toolchain = params.cargo.as_ref().map(|c| self.note_cargo(c));
+        let rust_total = self
+            .tests
+            .keys()
+            .filter(|id| cargo::is_cargo(id) && !cargo::is_marker(id))
+            .count() as u64;
+        let total = self.tests.keys().filter(|id| !cargo::is_cargo(id)).count() as u64;
+        // pytest's part: its environment, or why everything must run.
+        let python: Result<Option<Snapshot>, String> = match params.python.as_deref() {
+            // A client that runs no pytest (a Cargo workspace only).
+            None if total == 0 => Ok(None),
+            python => match self.current_env(python) {
+                None => Err("no test run has been recorded yet".into()),
+                Some(_) if total == 0 => Err("no test has been recorded yet".into()),
+                Some(env) => {
+                    let latest = &self.envs[&self.latest_env.expect("current_env found it")];
+                    match pyenv::diff(latest, &env) {
+                        Some(EnvChange::Everything(why)) => Err(why),
+                        _ => Ok(Some(env)),
+                    }
+                }
+            },
+        };
+        let (py_env, run_all) = match python {
+            Ok(env) => (env, None),
+            Err(why) => (None, Some(why)),
+        };
+        let mut affected = if py_env.is_some() || toolchain.is_some() {
+            self.evaluate(ctx, py_env.as_ref(), toolchain.as_ref())
+        } else {
+            BTreeMap::new()
+        };
+        if let Some(since) = since {
+            for (id, reasons) in self.since_reasons(since) {
+                affected.entry(id).or_default().extend(reasons);
+            }
+        }
+        // Each part answers for its own tests only.
+        let judged = |id: &str| {
+            if cargo::is_cargo(id) {
+                toolchain.is_some()
+            } else {
+                py_env.is_some()
+            }
+        };
+        affected.retain(|id, _| judged(id));
+        let unaffected_seconds = self
+            .tests
+            .iter()
+            .filter(|(id, _)| judged(id) && !affected.contains_key(*id))
+            .map(|(_, t)| t.duration)
+            .sum();
+        let cargo = params
+            .cargo
+            .as_ref()
+            .map(|c| self.cargo_part(c, rust_total, &affected));
+        let reply = |tests, collect| AffectedReply {
             tests,
             total,
             collect,
             run_all,
             clock: ctx.clock.clone(),
             unaffected_seconds,
+            cargo,
         };
-        let Some(env) = self.current_env(params.python.as_deref()) else {
-            return reply(
-                Vec::new(),
-                Vec::new(),
-                Some("no test run has been recorded yet".into()),
-                0.0,
-            );
-        };
-        if self.tests.is_empty() {
-            return reply(
-                Vec::new(),
-                Vec::new(),
-                Some("no test has been recorded yet".into()),
-                0.0,
-            );
+        if py_env.is_none() {
+            return reply(affected_tests(affected), Vec::new());
         }
-        let latest = &self.envs[&self.latest_env.expect("current_env found it")];
-        if let Some(EnvChange::Everything(why)) = pyenv::diff(latest, &env) {
-            return reply(Vec::new(), Vec::new(), Some(why), 0.0);
-        }
-        let mut affected = self.evaluate(ctx, &env);
-        if let Some(since) = since {
-            for (id, reasons) in self.since_reasons(since) {
-                affected.entry(id).or_default().extend(reasons);
-            }
-        }
-        let unaffected_seconds = self
-            .tests
-            .iter()
-            .filter(|(id, _)| !affected.contains_key(*id))
-            .map(|(_, t)| t.duration)
-            .sum();
         let mut collect: BTreeMap<RepoPath, BTreeSet<String>> = BTreeMap::new();
         let mut per_file: BTreeMap<&RepoPath, usize> = BTreeMap::new();
-        for id in affected.keys() {
+        for id in affected.keys().filter(|id| !cargo::is_cargo(id)) {
             *per_file.entry(&self.tests[id].file).or_default() += 1;
         }
         for (file, n) in per_file {
@@ -1513,13 +1835,7 @@ impl Pytest {
                 .insert(format!("{} affected", plural(n, "test")));
         }
         // Collection inputs changed: the file may hold new tests.
-        let mut tree = Current {
-            index: ctx.index,
-            filter: ctx.filter,
-            parsed: &mut self.parsed,
-            patterns: &self.patterns,
-            artifacts: &self.artifact_blobs,
-        };
+        let mut tree = Current::new(ctx, &mut self.view);
         let mut eval = Evaluator::new(&mut tree, None);
         for (file, (set, _)) in &self.collections {
             let Some(deps) = self.depsets.get(set) else {
@@ -1558,20 +1874,17 @@ impl Pytest {
         for (path, _) in ctx.index.files() {
             let in_testpaths =
                 self.testpaths.is_empty() || self.testpaths.iter().any(|t| path.starts_with_dir(t));
-            if in_testpaths && is_test_file(&path, &self.patterns) && !known_files.contains(&path) {
+            if in_testpaths
+                && is_test_file(&path, &self.view.patterns)
+                && !known_files.contains(&path)
+            {
                 collect
                     .entry(path)
                     .or_default()
                     .insert("new test file".to_owned());
             }
         }
-        let tests = affected
-            .into_iter()
-            .map(|(id, reasons)| AffectedTest {
-                id,
-                reasons: reasons.iter().map(ToString::to_string).collect(),
-            })
-            .collect();
+        let tests = affected_tests(affected);
         let collect = collect
             .into_iter()
             .map(|(file, reasons)| CollectFile {
@@ -1579,7 +1892,74 @@ impl Pytest {
                 reasons: reasons.into_iter().collect(),
             })
             .collect();
-        reply(tests, collect, None, unaffected_seconds)
+        reply(tests, collect)
+    }
+
+    /// The Rust tests' part of an `affected` answer: the binaries to run.
+    fn cargo_part(
+        &self,
+        context: &tim_proto::CargoContext,
+        total: u64,
+        affected: &BTreeMap<String, Vec<Reason>>,
+    ) -> tim_proto::CargoAffected {
+        let mut binaries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut per_binary: BTreeMap<&str, usize> = BTreeMap::new();
+        for (id, reasons) in affected {
+            let Some(binary) = cargo::binary_of(id) else {
+                continue;
+            };
+            if cargo::is_marker(id) {
+                // A binary without tests: list it again, it may have some.
+                let entry = binaries.entry(binary.to_owned()).or_default();
+                entry.extend(
+                    reasons
+                        .iter()
+                        .map(|r| format!("no tests when last built; {r}")),
+                );
+            } else {
+                *per_binary.entry(binary).or_default() += 1;
+            }
+        }
+        for (binary, n) in per_binary {
+            binaries
+                .entry(binary.to_owned())
+                .or_default()
+                .insert(format!("{} affected", plural(n, "test")));
+        }
+        let known: HashSet<&str> = self
+            .tests
+            .keys()
+            .filter_map(|id| cargo::binary_of(id))
+            .collect();
+        for target in &context.targets {
+            if !known.contains(target.binary_id.as_str()) {
+                binaries
+                    .entry(target.binary_id.clone())
+                    .or_default()
+                    .insert(format!(
+                        "no recorded test: {} (new, or never built)",
+                        target.src
+                    ));
+            }
+        }
+        tim_proto::CargoAffected {
+            total,
+            run_all: (total == 0).then(|| "no Rust test has been recorded yet".to_owned()),
+            binaries: binaries
+                .into_iter()
+                .map(|(file, reasons)| CollectFile {
+                    file,
+                    reasons: reasons.into_iter().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes the environment variables and toolchain of a Cargo request:
+    /// Rust tests are judged against them from now on.
+    fn note_cargo(&mut self, context: &tim_proto::CargoContext) -> Snapshot {
+        self.view.cargo_env = Some(context.env.clone());
+        cargo::snapshot(&context.toolchain)
     }
 
     pub fn import_results(
@@ -1602,23 +1982,27 @@ impl Pytest {
 
     pub fn audit(&self, budgets: &crate::config::Budgets) -> AuditReply {
         crate::audit::audit(
-            self.tests.iter().map(|(id, t)| crate::audit::Timed {
-                id,
-                file: t.file.as_str(),
-                markers: &t.markers,
-                seconds: t.duration,
-            }),
+            self.tests
+                .iter()
+                .filter(|(id, _)| !cargo::is_marker(id))
+                .map(|(id, t)| crate::audit::Timed {
+                    id,
+                    file: t.file.as_str(),
+                    markers: &t.markers,
+                    seconds: t.duration,
+                }),
             budgets,
             fnmatch_str,
         )
     }
 
     pub fn stats(&self, ctx: &Ctx<'_>, params: StatsParams) -> Result<StatsReply, PytestError> {
-        let rows = ctx.store.all_results()?;
+        let mut rows = ctx.store.all_results()?;
+        rows.retain(|r| !cargo::is_marker(&r.node_id));
         let limit = params.limit.unwrap_or(10) as usize;
         Ok(crate::stats::stats(
             &rows,
-            self.tests.len() as u64,
+            self.tests.keys().filter(|id| !cargo::is_marker(id)).count() as u64,
             ctx.store.run_count()?,
             limit,
         ))
@@ -1691,10 +2075,10 @@ impl Pytest {
     pub fn note_artifact(&mut self, key: &str, blob: Option<&str>) {
         match blob {
             Some(blob) => {
-                self.artifact_blobs.insert(key.to_owned(), blob.to_owned());
+                self.view.artifacts.insert(key.to_owned(), blob.to_owned());
             }
             None => {
-                self.artifact_blobs.remove(key);
+                self.view.artifacts.remove(key);
             }
         }
     }
@@ -1766,10 +2150,18 @@ impl Pytest {
             record.env,
             record.deps,
         );
-        let env = self.current_env(None);
-        let change = match (self.envs.get(&env_id), &env) {
-            (Some(old), Some(now)) => pyenv::diff(old, now),
-            _ => None,
+        let rust = cargo::is_cargo(&params.test);
+        let change = if rust {
+            let toolchain = params.cargo.as_ref().map(|c| self.note_cargo(c));
+            self.envs
+                .get(&env_id)
+                .and_then(|old| cargo::toolchain_change(old, toolchain.as_ref()))
+        } else {
+            let env = self.current_env(None);
+            match (self.envs.get(&env_id), &env) {
+                (Some(old), Some(now)) => pyenv::diff(old, now),
+                _ => None,
+            }
         };
         let mut all: Vec<Dep> = self
             .depsets
@@ -1815,6 +2207,8 @@ impl Pytest {
                 Dep::External { module } => ("module", module.clone()),
                 Dep::Incomplete { why } => ("record", format!("incomplete: {why}")),
                 Dep::Artifact { key, blob } => ("artifact", format!("{key} ({blob})")),
+                Dep::Lock { lock, package, .. } => ("lock", format!("{lock}: {package}")),
+                Dep::EnvVar { name, .. } => ("env", name.clone()),
             };
             let absent = matches!(
                 dep,
@@ -1830,6 +2224,16 @@ impl Pytest {
                 },
             });
         }
+        if let Some(binary) = cargo::binary_of(&params.test) {
+            // Said last: everything above holds for the whole binary.
+            deps.push(WhyDep {
+                kind: "granularity".to_owned(),
+                target: format!("the whole test binary {binary}"),
+                state: "per-test coverage is not recorded for Rust tests: a change to any \
+                        input of the binary selects all of its tests"
+                    .to_owned(),
+            });
+        }
         WhyReply {
             id: params.test,
             known: true,
@@ -1840,6 +2244,36 @@ impl Pytest {
             reasons,
             deps,
         }
+    }
+}
+
+fn affected_tests(affected: BTreeMap<String, Vec<Reason>>) -> Vec<AffectedTest> {
+    affected
+        .into_iter()
+        .filter(|(id, _)| !cargo::is_marker(id))
+        .map(|(id, reasons)| AffectedTest {
+            id,
+            reasons: reasons.iter().map(ToString::to_string).collect(),
+        })
+        .collect()
+}
+
+/// How the environment a record was made in differs from now: a Python
+/// environment against `python`, a Cargo one against `toolchain` (unknown
+/// counts as changed).
+fn env_change(
+    old: &Snapshot,
+    python: Option<&Snapshot>,
+    toolchain: Option<&Snapshot>,
+) -> Option<EnvChange> {
+    if cargo::is_cargo_env(old) {
+        return cargo::toolchain_change(old, toolchain);
+    }
+    match python {
+        Some(now) => pyenv::diff(old, now),
+        None => Some(EnvChange::Everything(
+            "environment: the interpreter is not known to this request".into(),
+        )),
     }
 }
 

@@ -219,7 +219,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Err(e) => {
                 let message = match e.code() {
                     ErrorCode::UnknownRequest => format!(
-                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats, import_results, audit, cache_get, cache_put, cache_abandon, cache_stats, cache_gc, cache_export, cache_import",
+                        "{e}; this daemon (timd {}, protocol {protocol}) knows: hello, status, changes, subscribe, shutdown, begin_run, select, record, end_run, affected, why, stats, import_results, audit, cache_get, cache_put, cache_abandon, cache_stats, cache_gc, cache_export, cache_import, cargo_record",
                         server.identity.daemon_version
                     ),
                     _ => e.to_string(),
@@ -322,6 +322,7 @@ async fn connection(stream: Stream, server: Arc<Server>) -> io::Result<()> {
             Request::CacheGc(p) => query(&server, writer, id, Query::CacheGc(p)).await?,
             Request::CacheExport(p) => query(&server, writer, id, Query::CacheExport(p)).await?,
             Request::CacheImport(p) => query(&server, writer, id, Query::CacheImport(p)).await?,
+            Request::CargoRecord(p) => query(&server, writer, id, Query::CargoRecord(p)).await?,
         }
     }
 }

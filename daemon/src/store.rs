@@ -1138,6 +1138,12 @@ pub(crate) fn encode_deps(deps: &[Dep]) -> Value {
                 Dep::External { module } => json!(["x", module]),
                 Dep::Incomplete { why } => json!(["i", why]),
                 Dep::Artifact { key, blob } => json!(["a", key, blob]),
+                Dep::Lock {
+                    lock,
+                    package,
+                    hash,
+                } => json!(["l", lock.as_str(), package, hex(hash)]),
+                Dep::EnvVar { name, hash } => json!(["e", name, hex(hash)]),
             })
             .collect(),
     )
@@ -1172,6 +1178,15 @@ pub(crate) fn decode_deps(value: &Value) -> Option<Vec<Dep>> {
             "a" => Dep::Artifact {
                 key: text(1)?,
                 blob: text(2)?,
+            },
+            "l" => Dep::Lock {
+                lock: RepoPath::new(text(1)?),
+                package: text(2)?,
+                hash: unhex(a.get(3)?)?,
+            },
+            "e" => Dep::EnvVar {
+                name: text(1)?,
+                hash: unhex(a.get(2)?)?,
             },
             _ => return None,
         });
@@ -1402,6 +1417,15 @@ mod tests {
             },
             Dep::External {
                 module: "attr".into(),
+            },
+            Dep::Lock {
+                lock: RepoPath::new("Cargo.lock"),
+                package: "itoa".into(),
+                hash: Some(ContentHash([4; 32])),
+            },
+            Dep::EnvVar {
+                name: "CORE_FACTOR".into(),
+                hash: None,
             },
         ];
         let file = RepoPath::new("tests/test_m.py");

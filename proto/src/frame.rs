@@ -115,6 +115,7 @@ pub fn encode_request(frame: &RequestFrame) -> Vec<u8> {
         Request::CacheGc(x) => data(x),
         Request::CacheExport(x) => data(x),
         Request::CacheImport(x) => data(x),
+        Request::CargoRecord(x) => data(x),
     };
     to_line(&Envelope {
         id: Some(frame.id),
@@ -150,6 +151,7 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, DecodeError> {
         "cache_gc" => Request::CacheGc(parse(env)?),
         "cache_export" => Request::CacheExport(parse(env)?),
         "cache_import" => Request::CacheImport(parse(env)?),
+        "cargo_record" => Request::CargoRecord(parse(env)?),
         _ => {
             return Err(DecodeError::UnknownType {
                 direction: "request",

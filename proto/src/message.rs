@@ -90,6 +90,9 @@ pub enum Request {
     CacheExport(CacheTransferParams),
     /// 1.3: adds the entries of an exported directory (verified).
     CacheImport(CacheTransferParams),
+    /// 1.4: results of Rust tests and what their test binaries were built
+    /// from; answers `ok`.
+    CargoRecord(CargoRecordParams),
 }
 
 impl Request {
@@ -116,6 +119,7 @@ impl Request {
             Request::CacheGc(_) => "cache_gc",
             Request::CacheExport(_) => "cache_export",
             Request::CacheImport(_) => "cache_import",
+            Request::CargoRecord(_) => "cargo_record",
         }
     }
 }
@@ -390,6 +394,103 @@ pub struct BeginRunParams {
     /// 1.3: run only this part of the selected tests (CI shards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// 1.4: a run of Rust tests (`environment` is then ignored): the
+    /// toolchain and environment the binaries are built with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo: Option<CargoContext>,
+}
+
+/// 1.4: what a Cargo build depends on besides files: the toolchain, and
+/// the environment variables build scripts and `env!` may read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CargoContext {
+    /// `rustc -vV`, plus the flags that change every build (`RUSTFLAGS`,
+    /// ...): a different one affects every Rust test.
+    pub toolchain: String,
+    /// The client's environment variables (only the hashes of those a
+    /// build declared it reads are kept).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The test targets the workspace has now, as binary ids
+    /// (`core`, `core::integration`, `app::bin/app`), with their main
+    /// source files: a target never built is reported as such.
+    #[serde(default)]
+    pub targets: Vec<CargoTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CargoTarget {
+    /// cargo-nextest's binary id.
+    pub binary_id: String,
+    /// Root-relative main source file.
+    pub src: String,
+}
+
+/// 1.4: one test binary as it was built (doctests of a library are a
+/// binary of their own, `<package>::doctest`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CargoBinary {
+    pub binary_id: String,
+    /// Root-relative main source file.
+    pub src: String,
+    /// Absolute paths of the compiler's dep-info files (`.d`) of the
+    /// binary and of every workspace library it links: the files each
+    /// compilation read, `include_str!` inputs included.
+    pub dep_info: Vec<String>,
+    /// Build scripts that ran for the binary or a workspace library it
+    /// links.
+    #[serde(default)]
+    pub build_scripts: Vec<BuildScriptRun>,
+    /// Absolute paths of the manifests involved (the packages' and the
+    /// workspace's).
+    #[serde(default)]
+    pub manifests: Vec<String>,
+    /// Absolute path of `Cargo.lock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
+    /// Names of the packages from outside the workspace it links.
+    #[serde(default)]
+    pub externals: Vec<String>,
+    /// Every test the binary listed, run or not (ids): known tests of the
+    /// binary missing here are gone; a binary without tests is remembered
+    /// as such, so it is not reported as never built.
+    #[serde(default)]
+    pub tests: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildScriptRun {
+    /// Absolute path of the package's directory (where `rerun-if-changed`
+    /// paths are relative to).
+    pub package_dir: String,
+    /// Absolute path of the script's `output` file.
+    pub output: String,
+    /// Absolute path of the build script's own dep-info file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dep_info: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CargoTestResult {
+    /// `cargo:<binary id> <test name>`.
+    pub id: String,
+    pub binary_id: String,
+    pub outcome: Outcome,
+    /// Seconds the test took.
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CargoRecordParams {
+    pub run_id: u64,
+    /// Absolute: where relative paths in dep-info files start.
+    pub workspace_root: String,
+    /// Absolute: Cargo's target directory (generated files there are
+    /// judged through the build scripts that wrote them).
+    pub target_dir: String,
+    /// The binaries the tests below ran from.
+    pub binaries: Vec<CargoBinary>,
+    pub tests: Vec<CargoTestResult>,
 }
 
 /// Part `index` (1-based) of `count` duration-balanced parts.
@@ -618,6 +719,10 @@ pub struct AffectedParams {
     /// merge base with this revision (`--since REV`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// 1.4: the root is (also) a Cargo workspace: judge its Rust tests
+    /// against this toolchain and environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo: Option<CargoContext>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -651,11 +756,33 @@ pub struct AffectedReply {
     /// known tests that are not affected, summed: the time selection saves.
     #[serde(default)]
     pub unaffected_seconds: f64,
+    /// 1.4: the Rust tests' part, when the request carried `cargo`.
+    /// `tests` holds the affected Rust tests too (ids `cargo:...`);
+    /// `run_all`, `collect` and `total` above are pytest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo: Option<CargoAffected>,
+}
+
+/// 1.4: what the Rust tests need.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CargoAffected {
+    /// Known Rust tests in all.
+    pub total: u64,
+    /// Set when every Rust test must run: the one-line reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_all: Option<String>,
+    /// Binaries to run: those holding affected tests and those never
+    /// recorded (their tests are unknown until built), with reasons.
+    pub binaries: Vec<CollectFile>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WhyParams {
     pub test: String,
+    /// 1.4: for a Rust test, the toolchain and environment to judge it
+    /// against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo: Option<CargoContext>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

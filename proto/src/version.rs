@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
 
 /// Environment variable that overrides the protocol version a binary
 /// advertises. It exists so that integration tests can stage version

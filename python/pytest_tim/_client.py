@@ -10,7 +10,7 @@ import socket
 import threading
 import subprocess
 
-PROTOCOL = {"major": 1, "minor": 3}
+PROTOCOL = {"major": 1, "minor": 4}
 CLIENT = "pytest-tim"
 
 ROOT_MARKERS = ("tim.toml", "pyproject.toml", "Cargo.toml", ".git")
