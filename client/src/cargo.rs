@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use tim_proto::layout::Layout;
 use tim_proto::{
-    AffectedParams, AffectedReply, BeginRunParams, BuildScriptRun, CargoBinary, CargoContext,
-    CargoRecordParams, CargoTarget, CargoTestResult, CollectedTest, EndRunParams, Environment,
-    Order, Outcome, Request, Response, RunMode, SelectParams,
+    AffectedReply, BeginRunParams, BuildScriptRun, CargoBinary, CargoContext, CargoRecordParams,
+    CargoTarget, CargoTestResult, CollectedTest, EndRunParams, Environment, Order, Outcome,
+    Request, Response, RunMode, SelectParams,
 };
 
 /// Test ids of Rust tests start with this (the daemon's `cargo::TEST_PREFIX`).
@@ -267,21 +267,13 @@ pub fn affected_query(
     cargo: Option<CargoContext>,
     since: Option<String>,
 ) -> Result<(AffectedReply, Vec<String>), ClientError> {
-    let (response, warnings) = conn.request(Request::Affected(AffectedParams {
-        python,
-        since,
-        cargo,
-    }))?;
-    match response {
-        Response::Affected(a) if a.cargo.is_some() => Ok((a, warnings)),
-        Response::Affected(_) => Err(ClientError::Protocol(
+    let (reply, warnings) = crate::pytest::affected_query_with(conn, python, cargo, since)?;
+    if reply.cargo.is_none() {
+        return Err(ClientError::Protocol(
             "the running daemon does not know Cargo workspaces; run `tim daemon restart`".into(),
-        )),
-        other => Err(ClientError::Protocol(format!(
-            "`{}` in answer to affected",
-            other.type_name()
-        ))),
+        ));
     }
+    Ok((reply, warnings))
 }
 
 impl Runner for CargoRunner {
@@ -580,11 +572,7 @@ pub fn session(layout: &Layout, args: SessionArgs) -> anyhow::Result<u8> {
     // Doctests: only packages whose doctests must run are listed (rustdoc
     // compiles them to list them).
     let doc_packages = doctest_packages(&mut conn, &args, &context, &meta)?;
-    for package in doc_packages {
-        if let Some(suite) = list_doctests(root, &meta, &package)? {
-            suites.push(suite);
-        }
-    }
+    suites.extend(list_doctests(root, &meta, &doc_packages)?);
     let collected: Vec<CollectedTest> = suites
         .iter()
         .flat_map(|s| {
@@ -915,47 +903,73 @@ fn doctest_packages(
         .collect())
 }
 
+/// Lists the doctests of `packages` in one `cargo test --doc` (a suite
+/// per package, empty ones too: they are remembered as having none).
+/// Doctest names start with their file's path from the workspace root,
+/// which says whose they are.
 fn list_doctests(
     root: &Path,
     meta: &Metadata,
-    package: &str,
-) -> Result<Option<Suite>, ClientError> {
-    let Some(pkg) = meta
-        .workspace_packages()
-        .into_iter()
-        .find(|p| p.name.as_str() == package)
-    else {
-        return Ok(None);
-    };
-    let Some(lib) = pkg.targets.iter().find(|t| is_lib(t)) else {
-        return Ok(None);
-    };
-    let out = cargo()
-        .current_dir(root)
-        .args([
-            "test", "--doc", "-p", package, "--", "--list", "--format", "terse",
-        ])
+    packages: &[String],
+) -> Result<Vec<Suite>, ClientError> {
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut command = cargo();
+    command.current_dir(root).args(["test", "--doc"]);
+    for p in packages {
+        command.args(["-p", p]);
+    }
+    let out = command
+        .args(["--", "--list", "--format", "terse"])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| cannot_run("cargo test --doc", e))?;
     if !out.status.success() {
-        eprintln!("tim: cannot list the doctests of {package} (see above); they stay affected");
-        return Ok(None);
+        eprintln!("tim: cannot list the doctests (see above); they stay affected");
+        return Ok(Vec::new());
     }
-    let tests = String::from_utf8_lossy(&out.stdout)
+    let mut suites: Vec<(String, Suite)> = Vec::new();
+    for pkg in meta.workspace_packages() {
+        if !packages.iter().any(|p| p == pkg.name.as_str()) {
+            continue;
+        }
+        let Some(lib) = pkg.targets.iter().find(|t| is_lib(t)) else {
+            continue;
+        };
+        let dir = pkg
+            .manifest_path
+            .parent()
+            .and_then(|d| d.strip_prefix(&meta.workspace_root).ok())
+            .map_or_else(String::new, |d| d.to_string());
+        suites.push((
+            dir,
+            Suite {
+                binary_id: doctest_binary(&pkg.name),
+                package: pkg.id.clone(),
+                src: lib.src_path.clone().into_std_path_buf(),
+                executable: None,
+                target_args: vec!["--doc".into()],
+                tests: Vec::new(),
+            },
+        ));
+    }
+    for name in String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_suffix(": test"))
-        .map(str::to_owned)
-        .collect();
-    Ok(Some(Suite {
-        binary_id: doctest_binary(package),
-        package: pkg.id.clone(),
-        src: lib.src_path.clone().into_std_path_buf(),
-        executable: None,
-        target_args: vec!["--doc".into()],
-        tests,
-    }))
+    {
+        let file = name.split(" - ").next().unwrap_or(name);
+        // The package whose directory holds the file (the deepest one).
+        let owner = suites
+            .iter_mut()
+            .filter(|(dir, _)| dir.is_empty() || file.starts_with(&format!("{dir}/")))
+            .max_by_key(|(dir, _)| dir.len());
+        if let Some((_, suite)) = owner {
+            suite.tests.push(name.to_owned());
+        }
+    }
+    Ok(suites.into_iter().map(|(_, s)| s).collect())
 }
 
 /// A nextest filterset for the selected tests: a whole binary where all
@@ -1171,34 +1185,54 @@ fn run_cargo_test(
     Ok((worst, results))
 }
 
+/// Runs the selected doctests in one `cargo test --doc`.
 fn run_doctests(
     root: &Path,
     suites: &[Suite],
     selected: &BTreeSet<String>,
 ) -> Result<(u8, Vec<CargoTestResult>), ClientError> {
     let meta = metadata(root, true)?;
-    let mut worst = exit::OK;
-    let mut results = Vec::new();
-    for suite in suites.iter().filter(|s| s.executable.is_none()) {
-        let wanted = chosen(suite, selected);
-        if wanted.is_empty() {
-            continue;
-        }
-        let mut command = cargo();
-        command.current_dir(root).args([
-            "test",
-            "--doc",
-            "-p",
-            package_name(&meta, &suite.package),
-        ]);
-        if wanted.len() < suite.tests.len() {
-            command.args(["--", "--exact"]).args(wanted.iter().copied());
-        }
-        let (code, found) = run_libtest(command, suite, &wanted)?;
-        worst = worst.max(code);
-        results.extend(found);
+    let chosen: Vec<(&Suite, BTreeSet<&str>)> = suites
+        .iter()
+        .filter(|s| s.executable.is_none())
+        .map(|s| (s, chosen(s, selected)))
+        .filter(|(_, wanted)| !wanted.is_empty())
+        .collect();
+    if chosen.is_empty() {
+        return Ok((exit::OK, Vec::new()));
     }
-    Ok((worst, results))
+    let mut command = cargo();
+    command.current_dir(root).args(["test", "--doc"]);
+    for (suite, _) in &chosen {
+        command.args(["-p", package_name(&meta, &suite.package)]);
+    }
+    if chosen
+        .iter()
+        .any(|(s, wanted)| wanted.len() < s.tests.len())
+    {
+        command
+            .args(["--", "--exact"])
+            .args(chosen.iter().flat_map(|(_, w)| w.iter().copied()));
+    }
+    let started = std::time::Instant::now();
+    let out = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| cannot_run("cargo test --doc", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    let share = started.elapsed().as_secs_f64() / chosen.len() as f64;
+    let mut results = Vec::new();
+    for (suite, wanted) in &chosen {
+        results.extend(libtest_results(&suite.binary_id, &stdout, wanted, share));
+    }
+    let code = match out.status.code() {
+        Some(0) => exit::OK,
+        Some(101) if !results.is_empty() => exit::TESTS_FAILED,
+        _ => exit::INTERRUPTED,
+    };
+    Ok((code, results))
 }
 
 /// What each listed binary was built from, for the daemon to hash.

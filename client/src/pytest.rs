@@ -589,13 +589,10 @@ pub fn affected(
         .then(|| python_identity(&choose_python(&layout.root, python)))
         .flatten();
     let mut conn = connect::connect(layout)?;
-    let (reply, warnings) = affected_query_with(&mut conn, python, cargo, since)?;
-    if cargo_root && reply.cargo.is_none() {
-        return Err(ClientError::Protocol(
-            "the running daemon does not know Cargo workspaces; run `tim daemon restart`".into(),
-        )
-        .into());
-    }
+    let (reply, warnings) = match cargo {
+        Some(cargo) => crate::cargo::affected_query(&mut conn, python, Some(cargo), since)?,
+        None => affected_query(&mut conn, python, since)?,
+    };
     if json {
         crate::print_json(&crate::with_warnings(&reply, &warnings))?;
         return Ok(exit::OK);

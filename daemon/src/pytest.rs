@@ -593,7 +593,12 @@ impl Pytest {
                 priority.insert(id.clone(), (1, *seconds));
             }
         }
-        let mut durations: Vec<f64> = self.tests.values().map(|t| t.duration).collect();
+        let mut durations: Vec<f64> = self
+            .tests
+            .iter()
+            .filter(|(id, _)| !cargo::is_marker(id))
+            .map(|(_, t)| t.duration)
+            .collect();
         durations.sort_by(f64::total_cmp);
         let typical_seconds = durations.get(durations.len() / 2).copied().unwrap_or(0.0);
         self.runs.insert(
