@@ -32,10 +32,12 @@ const WORKSPACE: &[(&str, &str)] = &[
     ),
     ("core/limits.txt", "10\n"),
     ("core/src/greeting.txt", "hello\n"),
+    ("core/notes.txt", "read through a path with ..\n"),
     (
         "core/src/lib.rs",
         r#"include!(concat!(env!("OUT_DIR"), "/limit.rs"));
 pub const GREETING: &str = include_str!("greeting.txt");
+pub const NOTES: &str = include_str!("../notes.txt");
 
 /// Adds.
 ///
@@ -74,7 +76,19 @@ mod tests {
     ),
     (
         "indep/Cargo.toml",
-        "[package]\nname = \"indep\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\next = { path = \"../../ext\" }\n",
+        "[package]\nname = \"indep\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\next = \"0.1\"\n",
+    ),
+    (
+        "app/src/main.rs",
+        "fn main() {\n    println!(\"{}\", app::double(21));\n}\n",
+    ),
+    (
+        "app/tests/cli.rs",
+        "#[test]\nfn runs() {\n    let out = std::process::Command::new(env!(\"CARGO_BIN_EXE_app\")).output().unwrap();\n    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), \"42\");\n}\n",
+    ),
+    (
+        ".cargo/config.toml",
+        "[source.crates-io]\nreplace-with = \"vendored\"\n\n[source.vendored]\ndirectory = \"vendor\"\n",
     ),
     (
         "indep/src/lib.rs",
@@ -86,32 +100,43 @@ const CORE_TESTS: &[&str] = &[
     "cargo:core tests::adds",
     "cargo:core tests::greets",
     "cargo:core::integration limit",
-    "cargo:core::doctest core/src/lib.rs - add (line 6)",
+    "cargo:core::doctest core/src/lib.rs - add (line 7)",
 ];
-const APP_TESTS: &[&str] = &["cargo:app tests::doubles"];
+const APP_TESTS: &[&str] = &["cargo:app tests::doubles", "cargo:app::cli runs"];
 const INDEP_TESTS: &[&str] = &["cargo:indep tests::ids"];
 
-/// `ext`, outside the workspace (and outside tim's root): only its
-/// `Cargo.lock` entry can tell a change.
-fn write_ext(p: &Project, version: &str) {
-    let dir = p.root.parent().unwrap().join("ext");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        format!("[package]\nname = \"ext\"\nversion = \"{version}\"\nedition = \"2021\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("src/lib.rs"),
-        "pub fn same(x: u32) -> u32 {\n    x\n}\n",
-    )
-    .unwrap();
+/// `ext`, a registry package (from a vendored directory source, so no
+/// network): only its `Cargo.lock` entry can tell a change.
+fn vendor_ext(p: &Project, version: &str) {
+    let dir = format!("vendor/ext-{version}");
+    let manifest =
+        format!("[package]\nname = \"ext\"\nversion = \"{version}\"\nedition = \"2021\"\n");
+    let lib = "pub fn same(x: u32) -> u32 {\n    x\n}\n";
+    p.write(&format!("{dir}/Cargo.toml"), &manifest);
+    p.write(&format!("{dir}/src/lib.rs"), lib);
+    let sha = |file: &str| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(p.path(&format!("{dir}/{file}")))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+    };
+    // The package digest is what Cargo.lock records; any stands in here.
+    let package = format!("{:0>64}", version.replace('.', ""));
+    p.write(
+        &format!("{dir}/.cargo-checksum.json"),
+        &format!(
+            r#"{{"files":{{"Cargo.toml":"{}","src/lib.rs":"{}"}},"package":"{package}"}}"#,
+            sha("Cargo.toml"),
+            sha("src/lib.rs")
+        ),
+    );
 }
 
 fn workspace() -> Project {
     let p = Project::with_files(WORKSPACE);
     p.write(".gitignore", "/target\n");
-    write_ext(&p, "0.1.0");
+    vendor_ext(&p, "0.1.0");
     p
 }
 
@@ -133,9 +158,10 @@ fn recorded() -> Project {
     let (code, out) = run(&p, &["--all"]);
     assert_eq!(code, Some(0), "the recording run:\n{out}");
     let after = affected_ids(&p);
+    let why: Vec<String> = after.iter().map(|id| p.tim_ok(&["why", id])).collect();
     assert!(
         after.is_empty(),
-        "affected right after recording: {after:?}\n{out}"
+        "affected right after recording: {why:#?}\n{out}"
     );
     p
 }
@@ -221,6 +247,18 @@ fn each_edit_affects_exactly_the_binaries_built_from_it() {
             ids(&[APP_TESTS]),
         ),
         (
+            "a file read through a path with ..",
+            "core/notes.txt",
+            "read",
+            core_set.clone(),
+        ),
+        (
+            "a binary an integration test runs",
+            "app/src/main.rs",
+            "double(21)",
+            ids(&[&["cargo:app::cli runs"]]),
+        ),
+        (
             "the dependent crate's manifest",
             "app/Cargo.toml",
             "edition = \"2021\"\n",
@@ -273,7 +311,7 @@ fn each_edit_affects_exactly_the_binaries_built_from_it() {
 
     // A Cargo.lock bump of the one outside package: only its dependents.
     let lock = std::fs::read_to_string(p.path("Cargo.lock")).unwrap();
-    write_ext(&p, "0.1.1");
+    vendor_ext(&p, "0.1.1");
     let status = std::process::Command::new("cargo")
         .args(["update", "-p", "ext", "--offline"])
         .current_dir(&p.root)
@@ -291,7 +329,6 @@ fn each_edit_affects_exactly_the_binaries_built_from_it() {
             .any(|r| r == "Cargo.lock: ext changed"),
         "{why}"
     );
-    write_ext(&p, "0.1.0");
     p.write("Cargo.lock", &lock);
     assert_eq!(affected_set(&p), BTreeSet::new(), "lock restored");
 
@@ -336,12 +373,21 @@ fn runs_record_outcomes_and_select_from_them() {
     let (code, out) = run(&p, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("tim: nothing affected: 6 known Rust tests"),
+        out.contains("tim: nothing affected: 7 known Rust tests"),
         "{out}"
     );
     assert!(
         !out.contains("Compiling") && !out.contains("Starting"),
         "{out}"
+    );
+
+    // Build and selection options are tim's to choose.
+    let out = p.tim(&["run", "--", "--release"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--release: tim chooses what to build"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A failing test: exit 1, recorded as failed, affected until it passes.
@@ -429,7 +475,7 @@ fn watch_reruns_the_affected_binaries() {
     );
     let header = w.expect("changed: indep/src/lib.rs (modified)");
     assert!(
-        header.contains("1 of 6 known Rust tests affected"),
+        header.contains("1 of 7 known Rust tests affected"),
         "{header}"
     );
     w.expect("passed in");
@@ -457,7 +503,7 @@ fn a_root_with_a_python_project_too_runs_both() {
     let (code, out) = run(&p, &["--all"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 passed"), "pytest ran: {out}");
-    assert!(out.contains("5 tests run: 5 passed"), "nextest ran: {out}");
+    assert!(out.contains("6 tests run: 6 passed"), "nextest ran: {out}");
     assert!(affected_ids(&p).is_empty());
 
     p.write("tests/test_py.py", "def test_py():\n    assert 2\n");

@@ -113,9 +113,25 @@ pub fn context(root: &Path) -> Result<CargoContext, ClientError> {
         )));
     }
     let mut toolchain = String::from_utf8_lossy(&out.stdout).into_owned();
-    for var in BUILD_WIDE_ENV {
-        if let Ok(value) = std::env::var(var) {
-            toolchain.push_str(&format!("{var}={value}\n"));
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter(|(k, _)| {
+            BUILD_WIDE_ENV.contains(&k.as_str())
+                || ["CARGO_PROFILE_", "CARGO_TARGET_", "CARGO_BUILD_"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+                || k == "CARGO_INCREMENTAL"
+        })
+        .collect();
+    vars.sort();
+    for (var, value) in vars {
+        toolchain.push_str(&format!("{var}={value}\n"));
+    }
+    // Cargo's configuration (flags, `[env]`, profiles) from the root
+    // upwards and from CARGO_HOME changes every build too.
+    for config in cargo_configs(root) {
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            toolchain.push_str(&format!("# {}\n{text}\n", config.display()));
         }
     }
     let meta = metadata(root, true)?;
@@ -138,9 +154,29 @@ pub fn context(root: &Path) -> Result<CargoContext, ClientError> {
     }
     Ok(CargoContext {
         toolchain,
-        env: std::env::vars().collect(),
+        env: std::env::vars_os()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect(),
         targets,
     })
+}
+
+/// The Cargo configuration files a build in `root` reads.
+fn cargo_configs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = root.ancestors().map(|d| d.join(".cargo")).collect();
+    match std::env::var_os("CARGO_HOME") {
+        Some(home) => dirs.push(PathBuf::from(home)),
+        None => dirs.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))),
+    }
+    dirs.iter()
+        .flat_map(|d| [d.join("config.toml"), d.join("config")])
+        .filter(|f| f.is_file())
+        .collect()
 }
 
 fn is_lib(target: &cargo_metadata::Target) -> bool {
@@ -243,6 +279,8 @@ pub fn print_affected(
 /// `tim cargo-session` process.
 pub struct CargoRunner {
     layout: Layout,
+    /// `Scope::Failed`: the tests to run (ids), decided by the plan.
+    only: Vec<String>,
     pub since: Option<String>,
     pub order: Option<Order>,
     pub shard: Option<String>,
@@ -253,6 +291,7 @@ impl CargoRunner {
     pub fn new(layout: &Layout, command_line: String) -> CargoRunner {
         CargoRunner {
             layout: layout.clone(),
+            only: Vec::new(),
             since: None,
             order: None,
             shard: None,
@@ -310,6 +349,10 @@ impl Runner for CargoRunner {
                 *scope != Scope::Failed || t.reasons.iter().any(|r| r.ends_with(" last time"))
             })
             .collect();
+        self.only = match scope {
+            Scope::Failed => tests.iter().map(|t| t.id.clone()).collect(),
+            _ => Vec::new(),
+        };
         let binaries: Vec<String> = match scope {
             Scope::Failed => tests
                 .iter()
@@ -369,6 +412,7 @@ impl Runner for CargoRunner {
     }
 
     fn command(&self, plan: &RunPlan, extra: &[String]) -> Result<Command, ClientError> {
+        check_extra(extra)?;
         let exe = std::env::current_exe()
             .map_err(|e| ClientError::io("cannot find tim's own executable", e))?;
         let mut command = Command::new(exe);
@@ -385,6 +429,9 @@ impl Runner for CargoRunner {
         }
         if let Some(shard) = &self.shard {
             command.args(["--shard", shard]);
+        }
+        for id in self.only.iter().filter(|_| plan.select) {
+            command.args(["--only", id]);
         }
         command
             .args(["--command-line", &self.command_line])
@@ -405,6 +452,56 @@ impl Runner for CargoRunner {
     }
 }
 
+/// Options that would change what is built or which tests exist: tim
+/// builds and selects itself, so it refuses them rather than record
+/// results of another build as this one's.
+const BUILD_OPTIONS: &[&str] = &[
+    "--features",
+    "-F",
+    "--all-features",
+    "--no-default-features",
+    "--release",
+    "-r",
+    "--cargo-profile",
+    "--profile",
+    "-P",
+    "--target",
+    "--target-dir",
+    "--package",
+    "-p",
+    "--workspace",
+    "--exclude",
+    "--lib",
+    "--bin",
+    "--bins",
+    "--test",
+    "--tests",
+    "--example",
+    "--examples",
+    "--bench",
+    "--benches",
+    "--all-targets",
+    "-E",
+    "--filterset",
+];
+
+fn check_extra(extra: &[String]) -> Result<(), ClientError> {
+    for arg in extra {
+        if arg == "--" {
+            break;
+        }
+        let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+        if BUILD_OPTIONS.contains(&name) {
+            return Err(ClientError::Usage(format!(
+                "{arg}: tim chooses what to build and which tests to run in a Cargo workspace; \
+                 build and selection options are not supported after `--` (pass runner options \
+                 such as --no-capture or --retries N, or run cargo nextest yourself)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
@@ -421,6 +518,7 @@ pub fn run(
     all: bool,
     extra: &[String],
 ) -> anyhow::Result<u8> {
+    check_extra(extra)?;
     let mut conn = connect::connect(layout)?;
     let scope = if all { Scope::All } else { Scope::Affected };
     let plan = match runner.plan(&mut conn, &scope)? {
@@ -459,6 +557,8 @@ pub struct SessionArgs {
     pub order: Option<Order>,
     pub shard: Option<tim_proto::Shard>,
     pub command_line: String,
+    /// Only these tests, if any (`Scope::Failed`).
+    pub only: Vec<String>,
     /// Passed to `cargo nextest run` (or to the test binaries under
     /// `cargo test`).
     pub extra: Vec<String>,
@@ -487,6 +587,8 @@ struct Build {
     scripts: HashMap<PackageId, (Option<PathBuf>, Option<PathBuf>)>,
     /// Test executables: path → (package, target).
     executables: Vec<(PathBuf, PackageId, cargo_metadata::Target)>,
+    /// Package → dep-info of its binaries (`CARGO_BIN_EXE_*`).
+    bins: HashMap<PackageId, Vec<PathBuf>>,
 }
 
 impl Build {
@@ -498,9 +600,18 @@ impl Build {
                     let dir = a.filenames.first().and_then(|f| f.parent());
                     let dep_info = dir.and_then(|d| find_dep_info(d.as_std_path()));
                     self.scripts.entry(a.package_id).or_default().0 = dep_info;
-                } else if let Some(exe) = a.executable.filter(|_| a.profile.test) {
-                    self.executables
-                        .push((exe.into_std_path_buf(), a.package_id, a.target));
+                } else if let Some(exe) = a.executable.as_ref().filter(|_| a.profile.test) {
+                    self.executables.push((
+                        exe.clone().into_std_path_buf(),
+                        a.package_id,
+                        a.target,
+                    ));
+                } else if let Some(exe) = &a.executable {
+                    // A binary of the package (integration tests run it).
+                    // Unreadable dep-info keeps those tests affected.
+                    let dep_info = uplifted_dep_info(exe.as_std_path())
+                        .unwrap_or_else(|| format!("{exe}.d").into());
+                    self.bins.entry(a.package_id).or_default().push(dep_info);
                 } else if is_lib(&a.target)
                     && !a.profile.test
                     && let Some(first) = a.filenames.first()
@@ -522,6 +633,22 @@ impl Build {
             _ => {}
         }
     }
+}
+
+/// The dep-info of a binary Cargo uplifted (`target/debug/app`, a hard
+/// link to `target/debug/deps/app-<hash>`, whose dep-info is beside it).
+fn uplifted_dep_info(exe: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(exe).ok()?.ino();
+    let name = exe.file_name()?.to_str()?;
+    let deps = exe.parent()?.join("deps");
+    std::fs::read_dir(&deps).ok()?.flatten().find_map(|e| {
+        let file = e.file_name();
+        let file = file.to_str()?;
+        let hashed = file.strip_prefix(name)?.strip_prefix('-')?;
+        let same = !hashed.contains('.') && e.metadata().ok()?.ino() == inode;
+        same.then(|| deps.join(format!("{file}.d")))
+    })
 }
 
 /// A build script's own dep-info: `build_script_build-<hash>.d` in its
@@ -601,7 +728,10 @@ pub fn session(layout: &Layout, args: SessionArgs) -> anyhow::Result<u8> {
             }
         }
     };
-    let selected: BTreeSet<String> = selection.run.iter().cloned().collect();
+    let mut selected: BTreeSet<String> = selection.run.iter().cloned().collect();
+    if !args.only.is_empty() {
+        selected.retain(|id| args.only.contains(id));
+    }
     let mut results: Vec<CargoTestResult> = Vec::new();
     let mut worst = exit::OK;
     if selected.is_empty() {
@@ -801,6 +931,14 @@ fn list_executables(build: &Build, meta: &Metadata) -> Result<Vec<Suite>, Client
             .stderr(Stdio::inherit())
             .output()
             .map_err(|e| cannot_run(&exe.display().to_string(), e))?;
+        if !listed.status.success() {
+            // Not known, so not reported: its tests stay as they were.
+            eprintln!(
+                "tim: {} could not list its tests ({}); it is left out of this run",
+                binary_id, listed.status
+            );
+            continue;
+        }
         let tests: Vec<String> = String::from_utf8_lossy(&listed.stdout)
             .lines()
             .filter_map(|l| l.strip_suffix(": test"))
@@ -886,7 +1024,8 @@ fn doctest_packages(
         .filter(|p| p.targets.iter().any(|t| t.doctest && is_lib(t)))
         .map(|p| p.name.to_string())
         .collect();
-    if args.all {
+    // A shard splits everything collected, whatever is affected.
+    if args.all || args.shard.is_some() {
         return Ok(with_doctests);
     }
     let (reply, _) = affected_query(conn, None, Some(context.clone()), args.since.clone())?;
@@ -1275,6 +1414,17 @@ fn describe_binaries(
         if let Some(exe) = &suite.executable {
             dep_info.push(format!("{}.d", exe.display()));
         }
+        // Integration tests, examples and benches may run the package's
+        // binaries (`env!("CARGO_BIN_EXE_<name>")`).
+        let beside = suite
+            .binary_id
+            .split_once("::")
+            .is_some_and(|(_, kind)| !kind.starts_with("bin/") && kind != "doctest");
+        if beside {
+            for d in build.bins.get(&suite.package).into_iter().flatten() {
+                dep_info.push(d.display().to_string());
+            }
+        }
         let mut build_scripts = Vec::new();
         let mut manifests = vec![meta.workspace_root.join("Cargo.toml").to_string()];
         let mut externals = Vec::new();
@@ -1282,7 +1432,9 @@ fn describe_binaries(
             let Some(pkg) = meta.packages.iter().find(|p| &p.id == id) else {
                 continue;
             };
-            if !members.contains(id) {
+            // Registry and git packages are judged by their Cargo.lock
+            // entries; a path dependency outside the workspace by its files.
+            if !members.contains(id) && pkg.source.is_some() {
                 externals.push(pkg.name.to_string());
                 continue;
             }

@@ -164,6 +164,8 @@ enum Command {
         shard: Option<String>,
         #[arg(long, default_value = "tim run")]
         command_line: String,
+        #[arg(long, value_name = "TEST")]
+        only: Vec<String>,
         #[arg(last = true)]
         extra: Vec<String>,
     },
@@ -295,7 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 runner.shard = shard;
                 // Extra arguments are pytest's when pytest runs too.
                 let extra = if python_root { Vec::new() } else { pytest_args };
-                code = code.max(cargo::run(&layout, &mut runner, all, &extra)?);
+                let rust = cargo::run(&layout, &mut runner, all, &extra)?;
+                code = worse(code, rust);
             }
             Ok(code)
         }
@@ -346,6 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             order,
             shard,
             command_line,
+            only,
             extra,
         } => cargo::session(
             &layout,
@@ -355,9 +359,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 order: order.map(Into::into),
                 shard: shard.as_deref().and_then(cargo::parse_shard),
                 command_line,
+                only,
                 extra,
             },
         ),
+    }
+}
+
+/// The exit code of two runners' runs: "no tests collected" from one
+/// (a Python project without tests beside a Cargo workspace) yields to the
+/// other's; otherwise the higher code, the worse outcome.
+fn worse(a: u8, b: u8) -> u8 {
+    match (a, b) {
+        (exit::NO_TESTS, other) | (other, exit::NO_TESTS) => other,
+        (a, b) => a.max(b),
     }
 }
 

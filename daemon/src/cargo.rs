@@ -84,6 +84,25 @@ pub fn toolchain_change(old: &Snapshot, now: Option<&Snapshot>) -> Option<EnvCha
     }))
 }
 
+/// `a/b/../c` → `a/c`, without touching the disk (dep-info paths are as
+/// the compiler met them: `src/../README.md`).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// What one compilation read.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DepInfo {
@@ -286,6 +305,15 @@ mod tests {
                 ("UNSET".into(), None),
             ]
         );
+    }
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(
+            normalize(Path::new("/ws/core/src/../../README.md")),
+            PathBuf::from("/ws/README.md")
+        );
+        assert_eq!(normalize(Path::new("/ws/./a/b")), PathBuf::from("/ws/a/b"));
     }
 
     #[test]

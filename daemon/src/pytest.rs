@@ -20,7 +20,7 @@ use crate::scan::Filter;
 use crate::store::{Batch, CacheRow, NewRun, NewTest, Store, StoreError};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tim_proto::{
     AffectedParams, AffectedReply, AffectedTest, AuditReply, BeginRunParams, CollectFile, Deps,
@@ -93,6 +93,8 @@ struct TestRecord {
 struct RunState {
     clock: u64,
     env: i64,
+    /// A Cargo run's environment variables (what its builds saw).
+    cargo_env: Option<BTreeMap<String, String>>,
     mode: RunMode,
     /// Tests known to be unaffected when the run began: every process of
     /// the run deselects exactly these, whatever is recorded meanwhile.
@@ -606,6 +608,7 @@ impl Pytest {
             RunState {
                 clock: ctx.store.seq(),
                 env: env_id,
+                cargo_env: params.cargo.as_ref().map(|c| c.env.clone()),
                 mode: params.mode,
                 unaffected,
                 priority,
@@ -634,6 +637,7 @@ impl Pytest {
                 RunState {
                     clock,
                     env,
+                    cargo_env: None,
                     mode: RunMode::All,
                     unaffected: HashSet::new(),
                     priority: HashMap::new(),
@@ -965,8 +969,12 @@ impl Pytest {
         let workspace = Path::new(&params.workspace_root);
         let target = Path::new(&params.target_dir);
         let mut by_binary: HashMap<&str, (RepoPath, Vec<Dep>)> = HashMap::new();
+        let run_env = self
+            .runs
+            .get(&params.run_id)
+            .and_then(|r| r.cargo_env.clone());
         for binary in &params.binaries {
-            let deps = self.binary_deps(ctx, binary, clock, workspace, target)?;
+            let deps = self.binary_deps(ctx, binary, clock, workspace, target, run_env.as_ref())?;
             by_binary.insert(
                 &binary.binary_id,
                 (
@@ -1071,10 +1079,14 @@ impl Pytest {
         clock: u64,
         workspace: &Path,
         target: &Path,
+        run_env: Option<&BTreeMap<String, String>>,
     ) -> Result<BTreeSet<Dep>, PytestError> {
         let mut deps = BTreeSet::new();
         let mut env: BTreeMap<String, Option<ContentHash>> = BTreeMap::new();
         let mut files: BTreeSet<RepoPath> = BTreeSet::new();
+        let mut dirs: BTreeSet<RepoPath> = BTreeSet::new();
+        // Files read from outside the root: tim does not watch them.
+        let mut outside: BTreeSet<PathBuf> = BTreeSet::new();
         let read = |path: &str, what: &str, deps: &mut BTreeSet<Dep>| {
             let text = std::fs::read_to_string(path).ok();
             if text.is_none() {
@@ -1097,12 +1109,14 @@ impl Pytest {
             };
             let info = cargo::parse_dep_info(&text, workspace);
             for file in info.files {
+                let file = cargo::normalize(&file);
                 if file.starts_with(target) {
                     continue;
                 }
-                if let Some(rel) = ctx.filter.relative(&file) {
-                    files.insert(rel);
-                }
+                match ctx.filter.relative(&file) {
+                    Some(rel) => files.insert(rel),
+                    None => outside.insert(file),
+                };
             }
             for (name, value) in info.env {
                 if !cargo::set_by_cargo(&name) {
@@ -1116,33 +1130,61 @@ impl Pytest {
             };
             let declared = cargo::parse_build_output(&text);
             let package = Path::new(&script.package_dir);
-            let mut inputs: Vec<RepoPath> = Vec::new();
+            let mut inputs: Vec<PathBuf> = Vec::new();
             if declared.rerun_if_changed.is_empty() {
-                inputs.extend(ctx.filter.relative(package));
+                inputs.push(package.to_path_buf());
             }
             for path in &declared.rerun_if_changed {
-                inputs.extend(ctx.filter.relative(&package.join(path)));
+                inputs.push(cargo::normalize(&package.join(path)));
             }
             for input in inputs {
+                let Some(input) = ctx.filter.relative(&input) else {
+                    outside.insert(input);
+                    continue;
+                };
                 if ctx.index.has_dir(&input) || input == RepoPath::root() {
-                    files.extend(
-                        ctx.index
-                            .files()
-                            .map(|(p, _)| p)
-                            .filter(|p| p.starts_with_dir(&input)),
-                    );
+                    // A directory: every file in it, and its listings (a
+                    // file added to it counts too).
+                    for (path, _) in ctx.index.files() {
+                        if path.starts_with_dir(&input) {
+                            let mut at = path.split().map(|(d, _)| d);
+                            while let Some(dir) = at.filter(|d| d.starts_with_dir(&input)) {
+                                at = dir.split().map(|(d, _)| d);
+                                if !dirs.insert(dir) {
+                                    break;
+                                }
+                            }
+                            files.insert(path);
+                        }
+                    }
+                    dirs.insert(input);
                 } else {
                     files.insert(input);
                 }
             }
-            let now = self.view.cargo_env.as_ref();
+            let now = run_env;
             for name in declared.rerun_if_env_changed {
                 let value = now.and_then(|e| e.get(&name)).map(String::as_str);
                 env.insert(name, cargo::env_hash(value));
             }
         }
         for manifest in &binary.manifests {
-            files.extend(ctx.filter.relative(Path::new(manifest)));
+            match ctx.filter.relative(Path::new(manifest)) {
+                Some(rel) => files.insert(rel),
+                None => outside.insert(PathBuf::from(manifest)),
+            };
+        }
+        for file in outside {
+            deps.insert(Dep::Incomplete {
+                why: format!(
+                    "built from {}, outside the project root (tim does not watch it)",
+                    file.display()
+                ),
+            });
+        }
+        for dir in dirs {
+            let hash = Current::new(ctx, &mut self.view).dir_hash(&dir);
+            deps.insert(Dep::Dir { path: dir, hash });
         }
         for file in files {
             let edited = ctx
@@ -1770,7 +1812,7 @@ impl Pytest {
         // pytest's part: its environment, or why everything must run.
         let python: Result<Option<Snapshot>, String> = match params.python.as_deref() {
             // A client that runs no pytest (a Cargo workspace only).
-            None if total == 0 => Ok(None),
+            None if total == 0 && params.cargo.is_some() => Ok(None),
             python => match self.current_env(python) {
                 None => Err("no test run has been recorded yet".into()),
                 Some(_) if total == 0 => Err("no test has been recorded yet".into()),
@@ -2039,6 +2081,7 @@ impl Pytest {
                     Dep::Code { file: p, .. }
                     | Dep::File { path: p, .. }
                     | Dep::Config { path: p, .. }
+                    | Dep::Lock { lock: p, .. }
                         if changed.contains(p) =>
                     {
                         Some(p.clone())
