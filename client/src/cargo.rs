@@ -374,25 +374,7 @@ impl Runner for CargoRunner {
                 ),
             }));
         }
-        let mut why: BTreeMap<&str, usize> = BTreeMap::new();
-        for t in &tests {
-            if let Some(first) = t.reasons.first() {
-                *why.entry(first.as_str()).or_default() += 1;
-            }
-        }
-        let mut common: Vec<(&str, usize)> = why.into_iter().collect();
-        common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let reasons: Vec<String> = common
-            .iter()
-            .take(3)
-            .map(|(r, n)| {
-                if *n == 1 {
-                    (*r).to_owned()
-                } else {
-                    format!("{r} ×{n}")
-                }
-            })
-            .collect();
+        let (reasons, _) = crate::pytest::common_reasons(tests.iter().copied(), 3);
         Ok(Plan::Run(RunPlan {
             select: true,
             summary: format!(

@@ -328,6 +328,10 @@ struct View {
     /// Lines: how many tests must be done for the next report.
     next_report: u64,
     report_due: bool,
+    /// Lines: the "N tests to run" line is still to be printed (the start
+    /// came while pytest's output was mid-line; tests may finish before
+    /// the line does, and it must still come first).
+    start_due: bool,
 }
 
 impl View {
@@ -340,6 +344,7 @@ impl View {
             at_line_start: true,
             next_report: 0,
             report_due: false,
+            start_due: false,
         }
     }
 
@@ -395,6 +400,7 @@ impl View {
                 if starting {
                     self.next_report = total.div_ceil(10).max(1);
                     self.report_due = true;
+                    self.start_due = true;
                 } else if self.tally.done >= self.next_report && self.tally.done < total {
                     // The next tenth of the run.
                     while self.next_report <= self.tally.done {
@@ -412,21 +418,20 @@ impl View {
     /// Lines: one report line on stderr.
     fn report(&mut self) {
         self.report_due = false;
-        let elapsed = self.elapsed();
-        let line = if self.tally.done == 0 {
+        let _ = std::io::stdout().flush();
+        if std::mem::take(&mut self.start_due) {
             let total = self.tally.total.unwrap_or(0);
             match self.tally.expected {
-                Some(s) => format!(
+                Some(s) => eprintln!(
                     "tim: {total} tests to run, about {} from history",
                     crate::pytest::seconds_words(s)
                 ),
-                None => format!("tim: {total} tests to run"),
+                None => eprintln!("tim: {total} tests to run"),
             }
-        } else {
-            format!("tim: {}", self.tally.summary(elapsed))
-        };
-        let _ = std::io::stdout().flush();
-        eprintln!("{line}");
+        }
+        if self.tally.done > 0 {
+            eprintln!("tim: {}", self.tally.summary(self.elapsed()));
+        }
     }
 
     fn write_out(&self, bytes: &[u8]) {

@@ -518,19 +518,23 @@ pub(crate) fn seconds_words(secs: f64) -> String {
     }
 }
 
-fn summary(reply: &AffectedReply) -> String {
-    // Group tests by their first reason; show the most common few.
+/// Tests grouped by their first reason, the most common first: the first
+/// `top` groups as `reason ×N`, and how many groups there are in all.
+pub(crate) fn common_reasons<'a>(
+    tests: impl Iterator<Item = &'a tim_proto::AffectedTest>,
+    top: usize,
+) -> (Vec<String>, usize) {
     let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for t in &reply.tests {
+    for t in tests {
         if let Some(first) = t.reasons.first() {
             *counts.entry(first.as_str()).or_default() += 1;
         }
     }
     let mut common: Vec<(&str, usize)> = counts.into_iter().collect();
     common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut parts: Vec<String> = common
+    let shown = common
         .iter()
-        .take(3)
+        .take(top)
         .map(|(r, n)| {
             if *n == 1 {
                 (*r).to_owned()
@@ -539,11 +543,19 @@ fn summary(reply: &AffectedReply) -> String {
             }
         })
         .collect();
-    if common.len() > 3 {
-        parts.push(format!(
-            "{} more reasons: see `tim affected`",
-            common.len() - 3
-        ));
+    (shown, common.len())
+}
+
+fn summary(reply: &AffectedReply) -> String {
+    let (mut parts, groups) = common_reasons(
+        reply
+            .tests
+            .iter()
+            .filter(|t| !t.id.starts_with(crate::cargo::TEST_PREFIX)),
+        3,
+    );
+    if groups > 3 {
+        parts.push(format!("{} more reasons: see `tim affected`", groups - 3));
     }
     let new_files = reply
         .collect
