@@ -1,10 +1,11 @@
-"""What the pytest benchmarks share: output, subprocesses, pip's
-environment, and the release binaries they measure. Standard library only;
-each benchmark imports it from its own directory."""
+"""What the benchmarks share: output, subprocesses, pip's environment,
+the release binaries they measure, and pytest's summary line. Standard
+library only; each benchmark imports it from its own directory."""
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -56,3 +57,19 @@ def ensure_binaries(bin_dir: Path | None, build: bool = False) -> Path:
         if (bin_dir / "tim").stat().st_mtime < newest:
             say("warning: target/release/tim is older than the sources (cargo build --release -p tim --bins)")
     return bin_dir
+
+
+_SUMMARY_WORDS = ("passed", "failed", "error", "errors", "skipped", "deselected", "xfailed", "xpassed", "warning", "warnings")
+_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)\b")
+
+
+def summary_counts(out: str) -> dict:
+    """Counts from pytest's last summary line (`3 failed, 10 passed, ...`)."""
+    for line in reversed(out.splitlines()):
+        if " in " in line and (any(w in line for w in _SUMMARY_WORDS) or "no tests ran" in line):
+            counts: dict = {}
+            for n, word in _COUNT.findall(line):
+                word = "error" if word.startswith("error") else word
+                counts[word] = counts.get(word, 0) + int(n)
+            return counts
+    return {}

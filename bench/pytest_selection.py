@@ -57,7 +57,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ensure_binaries, fmt_s, median, pip_env, say, sh
+from _common import ensure_binaries, fmt_s, median, pip_env, say, sh, summary_counts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -487,21 +487,7 @@ def base_env() -> dict:
     return env
 
 
-_SUMMARY_WORDS = ("passed", "failed", "error", "errors", "skipped", "deselected", "xfailed", "xpassed", "warning", "warnings")
-_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)\b")
 _FAILED = re.compile(r"^(FAILED|ERROR) (\S.*?)(?: - .*)?$")
-
-
-def summary_counts(out: str) -> dict:
-    """Counts from pytest's last summary line (`3 failed, 10 passed, ...`)."""
-    for line in reversed(out.splitlines()):
-        if " in " in line and (any(w in line for w in _SUMMARY_WORDS) or "no tests ran" in line):
-            counts: dict = {}
-            for n, word in _COUNT.findall(line):
-                word = "error" if word.startswith("error") else word
-                counts[word] = counts.get(word, 0) + int(n)
-            return counts
-    return {}
 
 
 def ran(counts: dict) -> int:

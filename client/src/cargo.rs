@@ -725,13 +725,13 @@ pub fn session(layout: &Layout, args: SessionArgs) -> anyhow::Result<u8> {
             suites.iter().map(|s| s.tests.len()).sum::<usize>()
         );
         let (code, found) = if nextest {
-            run_nextest(layout, &meta, &suites, &selected, args.all, &args.extra)?
+            run_nextest(layout, &meta, &suites, &selected, &args.extra)?
         } else {
-            run_cargo_test(root, &suites, &selected, &args.extra)?
+            run_cargo_test(root, &meta, &suites, &selected, &args.extra)?
         };
         worst = worst.max(code);
         results.extend(found);
-        let (code, found) = run_doctests(root, &suites, &selected)?;
+        let (code, found) = run_doctests(root, &meta, &suites, &selected)?;
         worst = worst.max(code);
         results.extend(found);
     }
@@ -802,7 +802,7 @@ fn build_and_list_nextest(root: &Path, build: &mut Build) -> Result<Option<Listi
     let json = lines
         .into_iter()
         .rfind(|l| l.starts_with('{'))
-        .ok_or_else(|| ClientError::Protocol("cargo nextest list printed no test list".into()))?;
+        .ok_or_else(|| ClientError::Protocol("cargo nextest list printed no test list; run `cargo nextest list --workspace` to see why".into()))?;
     Ok(Some(Listing::Nextest(json)))
 }
 
@@ -847,7 +847,9 @@ struct NextestCase {
 
 fn nextest_suites(json: &str, meta: &Metadata) -> Result<Vec<Suite>, ClientError> {
     let list: NextestList = serde_json::from_str(json).map_err(|e| {
-        ClientError::Protocol(format!("cannot read cargo nextest list's output: {e}"))
+        ClientError::Protocol(format!(
+            "cannot read cargo nextest list's output: {e}; is cargo-nextest older than 0.9 (`cargo install cargo-nextest` updates it)?"
+        ))
     })?;
     let mut out = Vec::new();
     for suite in list.suites.into_values() {
@@ -1123,13 +1125,11 @@ fn run_nextest(
     meta: &Metadata,
     suites: &[Suite],
     selected: &BTreeSet<String>,
-    all: bool,
     extra: &[String],
 ) -> Result<(u8, Vec<CargoTestResult>), ClientError> {
-    let filter = filterset(suites, selected);
-    if filter.is_none() {
+    let Some(filter) = filterset(suites, selected) else {
         return Ok((exit::OK, Vec::new()));
-    }
+    };
     let state = layout
         .db()
         .parent()
@@ -1157,13 +1157,8 @@ fn run_nextest(
         .args(["nextest", "run", "--workspace", "--no-tests", "pass"])
         .arg("--tool-config-file")
         .arg(format!("tim:{}", config.display()))
-        .args(["--profile", PROFILE]);
-    // `--all` runs every test nextest would; the filter is then the
-    // selection anyway (shards, ignored tests left out).
-    let _ = all;
-    if let Some(filter) = &filter {
-        command.args(["-E", filter]);
-    }
+        .args(["--profile", PROFILE])
+        .args(["-E", &filter]);
     command.args(extra).stdin(Stdio::inherit());
     let status = command
         .status()
@@ -1279,11 +1274,11 @@ fn package_name<'m>(meta: &'m Metadata, id: &PackageId) -> &'m str {
 
 fn run_cargo_test(
     root: &Path,
+    meta: &Metadata,
     suites: &[Suite],
     selected: &BTreeSet<String>,
     extra: &[String],
 ) -> Result<(u8, Vec<CargoTestResult>), ClientError> {
-    let meta = metadata(root, true)?;
     let mut worst = exit::OK;
     let mut results = Vec::new();
     for suite in suites.iter().filter(|s| s.executable.is_some()) {
@@ -1294,7 +1289,7 @@ fn run_cargo_test(
         let mut command = cargo();
         command
             .current_dir(root)
-            .args(["test", "-p", package_name(&meta, &suite.package)])
+            .args(["test", "-p", package_name(meta, &suite.package)])
             .args(&suite.target_args)
             .args(["--", "--exact"])
             .args(wanted.iter().copied())
@@ -1309,10 +1304,10 @@ fn run_cargo_test(
 /// Runs the selected doctests in one `cargo test --doc`.
 fn run_doctests(
     root: &Path,
+    meta: &Metadata,
     suites: &[Suite],
     selected: &BTreeSet<String>,
 ) -> Result<(u8, Vec<CargoTestResult>), ClientError> {
-    let meta = metadata(root, true)?;
     let chosen: Vec<(&Suite, BTreeSet<&str>)> = suites
         .iter()
         .filter(|s| s.executable.is_none())
@@ -1325,7 +1320,7 @@ fn run_doctests(
     let mut command = cargo();
     command.current_dir(root).args(["test", "--doc"]);
     for (suite, _) in &chosen {
-        command.args(["-p", package_name(&meta, &suite.package)]);
+        command.args(["-p", package_name(meta, &suite.package)]);
     }
     if chosen
         .iter()

@@ -105,7 +105,9 @@ fn outcome_of(status: &TestCaseStatus) -> Outcome {
 /// case per test. (binary id, test name, outcome, seconds).
 pub fn read_nextest(text: &str) -> Result<Vec<(String, String, Outcome, f64)>, ClientError> {
     let report = Report::deserialize_from_str(text).map_err(|e| {
-        ClientError::Protocol(format!("cannot read cargo-nextest's JUnit report: {e}"))
+        ClientError::Protocol(format!(
+            "cannot read cargo-nextest's JUnit report: {e}; run `cargo nextest run` yourself to see what it printed"
+        ))
     })?;
     let mut out = Vec::new();
     for suite in &report.test_suites {

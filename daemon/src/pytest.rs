@@ -164,6 +164,25 @@ struct View {
 
 type LockEntries = (ContentHash, Option<Arc<BTreeMap<String, ContentHash>>>);
 
+/// Where a Cargo run's builds happened, for reading what they left.
+struct BuildSite<'a> {
+    /// The run's clock: files changed after it are recorded as unknown.
+    clock: u64,
+    /// Where relative dep-info paths start.
+    workspace: &'a Path,
+    /// Cargo's target directory (generated files, judged through the build
+    /// scripts that wrote them).
+    target: &'a Path,
+    /// The variables the run's builds saw.
+    env: Option<&'a BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Copy)]
+enum BuildInput<'a> {
+    DepInfo(&'a String),
+    Script(&'a tim_proto::BuildScriptRun),
+}
+
 /// Distinct dependencies, interned.
 #[derive(Default)]
 struct DepTable {
@@ -966,15 +985,20 @@ impl Pytest {
                 id
             }
         };
-        let workspace = Path::new(&params.workspace_root);
-        let target = Path::new(&params.target_dir);
-        let mut by_binary: HashMap<&str, (RepoPath, Vec<Dep>)> = HashMap::new();
         let run_env = self
             .runs
             .get(&params.run_id)
             .and_then(|r| r.cargo_env.clone());
+        let site = BuildSite {
+            clock,
+            workspace: Path::new(&params.workspace_root),
+            target: Path::new(&params.target_dir),
+            env: run_env.as_ref(),
+        };
+        let mut memo = HashMap::new();
+        let mut by_binary: HashMap<&str, (RepoPath, Vec<Dep>)> = HashMap::new();
         for binary in &params.binaries {
-            let deps = self.binary_deps(ctx, binary, clock, workspace, target, run_env.as_ref())?;
+            let deps = self.binary_deps(ctx, binary, &site, &mut memo)?;
             by_binary.insert(
                 &binary.binary_id,
                 (
@@ -1072,138 +1096,49 @@ impl Pytest {
     /// them), the build scripts' declared inputs (everything in the
     /// package when they declare none, as Cargo does), manifests,
     /// `Cargo.lock` entries of outside packages, environment variables.
+    /// Inputs shared by many binaries (a core library's dep-info, its
+    /// build script) are read and judged once per record (`memo`).
     fn binary_deps(
         &mut self,
         ctx: &Ctx<'_>,
         binary: &tim_proto::CargoBinary,
-        clock: u64,
-        workspace: &Path,
-        target: &Path,
-        run_env: Option<&BTreeMap<String, String>>,
+        site: &BuildSite<'_>,
+        memo: &mut HashMap<String, Arc<BTreeSet<Dep>>>,
     ) -> Result<BTreeSet<Dep>, PytestError> {
         let mut deps = BTreeSet::new();
-        let mut env: BTreeMap<String, Option<ContentHash>> = BTreeMap::new();
-        let mut files: BTreeSet<RepoPath> = BTreeSet::new();
-        let mut dirs: BTreeSet<RepoPath> = BTreeSet::new();
-        // Files read from outside the root: tim does not watch them.
-        let mut outside: BTreeSet<PathBuf> = BTreeSet::new();
-        let read = |path: &str, what: &str, deps: &mut BTreeSet<Dep>| {
-            let text = std::fs::read_to_string(path).ok();
-            if text.is_none() {
-                deps.insert(Dep::Incomplete {
-                    why: format!("{what} {path} could not be read (not built?)"),
-                });
-            }
-            text
-        };
-        let mut dep_infos: Vec<&String> = binary.dep_info.iter().collect();
-        dep_infos.extend(
-            binary
-                .build_scripts
-                .iter()
-                .filter_map(|b| b.dep_info.as_ref()),
+        let inputs = binary.dep_info.iter().map(BuildInput::DepInfo).chain(
+            binary.build_scripts.iter().flat_map(|script| {
+                script
+                    .dep_info
+                    .iter()
+                    .map(BuildInput::DepInfo)
+                    .chain([BuildInput::Script(script)])
+            }),
         );
-        for path in dep_infos {
-            let Some(text) = read(path, "dep-info file", &mut deps) else {
-                continue;
+        for input in inputs {
+            let key = match input {
+                BuildInput::DepInfo(path) => format!("d:{path}"),
+                BuildInput::Script(script) => format!("s:{}", script.output),
             };
-            let info = cargo::parse_dep_info(&text, workspace);
-            for file in info.files {
-                let file = cargo::normalize(&file);
-                if file.starts_with(target) {
-                    continue;
+            let judged = match memo.get(&key) {
+                Some(judged) => judged.clone(),
+                None => {
+                    let judged = Arc::new(self.input_deps(ctx, input, site)?);
+                    memo.insert(key, judged.clone());
+                    judged
                 }
-                match ctx.filter.relative(&file) {
-                    Some(rel) => files.insert(rel),
-                    None => outside.insert(file),
-                };
-            }
-            for (name, value) in info.env {
-                if !cargo::set_by_cargo(&name) {
-                    env.insert(name, cargo::env_hash(value.as_deref()));
-                }
-            }
-        }
-        for script in &binary.build_scripts {
-            let Some(text) = read(&script.output, "build script output", &mut deps) else {
-                continue;
             };
-            let declared = cargo::parse_build_output(&text);
-            let package = Path::new(&script.package_dir);
-            let mut inputs: Vec<PathBuf> = Vec::new();
-            if declared.rerun_if_changed.is_empty() {
-                inputs.push(package.to_path_buf());
-            }
-            for path in &declared.rerun_if_changed {
-                inputs.push(cargo::normalize(&package.join(path)));
-            }
-            for input in inputs {
-                let Some(input) = ctx.filter.relative(&input) else {
-                    outside.insert(input);
-                    continue;
-                };
-                if ctx.index.has_dir(&input) || input == RepoPath::root() {
-                    // A directory: every file in it, and its listings (a
-                    // file added to it counts too).
-                    for (path, _) in ctx.index.files() {
-                        if path.starts_with_dir(&input) {
-                            let mut at = path.split().map(|(d, _)| d);
-                            while let Some(dir) = at.filter(|d| d.starts_with_dir(&input)) {
-                                at = dir.split().map(|(d, _)| d);
-                                if !dirs.insert(dir) {
-                                    break;
-                                }
-                            }
-                            files.insert(path);
-                        }
-                    }
-                    dirs.insert(input);
-                } else {
-                    files.insert(input);
-                }
-            }
-            let now = run_env;
-            for name in declared.rerun_if_env_changed {
-                let value = now.and_then(|e| e.get(&name)).map(String::as_str);
-                env.insert(name, cargo::env_hash(value));
-            }
+            deps.extend(judged.iter().cloned());
         }
+        let mut files = BTreeSet::new();
+        let mut outside = BTreeSet::new();
         for manifest in &binary.manifests {
             match ctx.filter.relative(Path::new(manifest)) {
                 Some(rel) => files.insert(rel),
                 None => outside.insert(PathBuf::from(manifest)),
             };
         }
-        for file in outside {
-            deps.insert(Dep::Incomplete {
-                why: format!(
-                    "built from {}, outside the project root (tim does not watch it)",
-                    file.display()
-                ),
-            });
-        }
-        for dir in dirs {
-            let hash = Current::new(ctx, &mut self.view).dir_hash(&dir);
-            deps.insert(Dep::Dir { path: dir, hash });
-        }
-        for file in files {
-            let edited = ctx
-                .store
-                .file_changed_seq(&file)?
-                .is_some_and(|seq| seq > clock);
-            deps.insert(if edited {
-                // Built in its old or its new form: unknown, stays affected.
-                Dep::Code {
-                    file,
-                    file_hash: None,
-                    block: None,
-                    hash: None,
-                }
-            } else {
-                let hash = Current::new(ctx, &mut self.view).file_hash(&file);
-                Dep::File { path: file, hash }
-            });
-        }
+        deps.extend(self.file_deps(ctx, site.clock, files, BTreeSet::new(), outside)?);
         if let Some(lock) = binary.lock.as_deref() {
             let lock = ctx.filter.relative(Path::new(lock));
             let mut tree = Current::new(ctx, &mut self.view);
@@ -1221,8 +1156,140 @@ impl Pytest {
                 });
             }
         }
-        for (name, hash) in env {
-            deps.insert(Dep::EnvVar { name, hash });
+        Ok(deps)
+    }
+
+    /// One input of a build as dependencies: what a dep-info file lists, or
+    /// what a build script declared.
+    fn input_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        input: BuildInput<'_>,
+        site: &BuildSite<'_>,
+    ) -> Result<BTreeSet<Dep>, PytestError> {
+        let mut files: BTreeSet<RepoPath> = BTreeSet::new();
+        let mut dirs: BTreeSet<RepoPath> = BTreeSet::new();
+        // Files read from outside the root: tim does not watch them.
+        let mut outside: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut env: BTreeMap<String, Option<ContentHash>> = BTreeMap::new();
+        let (path, what) = match input {
+            BuildInput::DepInfo(path) => (path, "dep-info file"),
+            BuildInput::Script(script) => (&script.output, "build script output"),
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(BTreeSet::from([Dep::Incomplete {
+                why: format!("{what} {path} could not be read (not built?)"),
+            }]));
+        };
+        match input {
+            BuildInput::DepInfo(_) => {
+                let info = cargo::parse_dep_info(&text, site.workspace);
+                for file in info.files {
+                    let file = cargo::normalize(&file);
+                    if file.starts_with(site.target) {
+                        continue;
+                    }
+                    match ctx.filter.relative(&file) {
+                        Some(rel) => files.insert(rel),
+                        None => outside.insert(file),
+                    };
+                }
+                for (name, value) in info.env {
+                    if !cargo::set_by_cargo(&name) {
+                        env.insert(name, cargo::env_hash(value.as_deref()));
+                    }
+                }
+            }
+            BuildInput::Script(script) => {
+                let declared = cargo::parse_build_output(&text);
+                let package = Path::new(&script.package_dir);
+                let mut inputs: Vec<PathBuf> = Vec::new();
+                if declared.rerun_if_changed.is_empty() {
+                    inputs.push(package.to_path_buf());
+                }
+                for path in &declared.rerun_if_changed {
+                    inputs.push(cargo::normalize(&package.join(path)));
+                }
+                for input in inputs {
+                    let Some(input) = ctx.filter.relative(&input) else {
+                        outside.insert(input);
+                        continue;
+                    };
+                    if ctx.index.has_dir(&input) || input == RepoPath::root() {
+                        // A directory: every file in it, and its listings
+                        // (a file added to it counts too).
+                        for (path, _) in ctx.index.files() {
+                            if path.starts_with_dir(&input) {
+                                let mut at = path.split().map(|(d, _)| d);
+                                while let Some(dir) = at.filter(|d| d.starts_with_dir(&input)) {
+                                    at = dir.split().map(|(d, _)| d);
+                                    if !dirs.insert(dir) {
+                                        break;
+                                    }
+                                }
+                                files.insert(path);
+                            }
+                        }
+                        dirs.insert(input);
+                    } else {
+                        files.insert(input);
+                    }
+                }
+                for name in declared.rerun_if_env_changed {
+                    let value = site.env.and_then(|e| e.get(&name)).map(String::as_str);
+                    env.insert(name, cargo::env_hash(value));
+                }
+            }
+        }
+        let mut deps = self.file_deps(ctx, site.clock, files, dirs, outside)?;
+        deps.extend(
+            env.into_iter()
+                .map(|(name, hash)| Dep::EnvVar { name, hash }),
+        );
+        Ok(deps)
+    }
+
+    /// Files and directories as they are now (a file changed since the
+    /// run began: unknown), and files outside the root as incomplete.
+    fn file_deps(
+        &mut self,
+        ctx: &Ctx<'_>,
+        clock: u64,
+        files: BTreeSet<RepoPath>,
+        dirs: BTreeSet<RepoPath>,
+        outside: BTreeSet<PathBuf>,
+    ) -> Result<BTreeSet<Dep>, PytestError> {
+        let mut deps = BTreeSet::new();
+        for file in outside {
+            deps.insert(Dep::Incomplete {
+                why: format!(
+                    "built from {}, outside the project root (tim does not watch it)",
+                    file.display()
+                ),
+            });
+        }
+        let tree = Current::new(ctx, &mut self.view);
+        for dir in dirs {
+            let hash = tree.dir_hash(&dir);
+            deps.insert(Dep::Dir { path: dir, hash });
+        }
+        for file in files {
+            let edited = ctx
+                .store
+                .file_changed_seq(&file)?
+                .is_some_and(|seq| seq > clock);
+            deps.insert(if edited {
+                // Built in its old or its new form: unknown, stays affected.
+                Dep::Code {
+                    file,
+                    file_hash: None,
+                    block: None,
+                    hash: None,
+                }
+            } else {
+                let hash = tree.file_hash(&file);
+                Dep::File { path: file, hash }
+            });
         }
         Ok(deps)
     }
