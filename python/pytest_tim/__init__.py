@@ -196,7 +196,7 @@ class TimPlugin:
         self.instrumenter = None
         self.pending = []
         self.current = {}  # nodeid -> per-test state
-        self.fixture_deps = {}  # id(FixtureDef) -> Context
+        self.fixture_deps = {}  # FixtureDef -> Context
         self.collection = {}  # root-relative test file -> Context
         self._collecting = {}  # collector nodeid -> (file, Context)
         self.selected_count = None
@@ -206,6 +206,7 @@ class TimPlugin:
         self.last_finish = {}  # xdist worker -> when its last report came
         self._rel_cache = {}
         self._parent_markers = {}  # collector -> frozenset of marker names
+        self._parent_groups = {}  # collector -> its closest xdist_group name
         self._last_flush = time.monotonic()
         self._collection_sent = set()
         self.estimates = {}  # node id -> seconds expected, from `select`
@@ -344,7 +345,7 @@ class TimPlugin:
         tests = []
         for item in items:
             test = {"id": item.nodeid, "file": self._rel(item.path) or ""}
-            group = _xdist_group(item)
+            group = self._xdist_group(item)
             if group is not None:
                 test["group"] = group
             tests.append(test)
@@ -401,10 +402,11 @@ class TimPlugin:
             yield
         finally:
             recorder.pop(ctx)
-            previous = self.fixture_deps.get(id(fixturedef))
+            # Keyed by the object: `id()` raises an audit event.
+            previous = self.fixture_deps.get(fixturedef)
             if previous is not None:
                 ctx.merge(previous)
-            self.fixture_deps[id(fixturedef)] = ctx
+            self.fixture_deps[fixturedef] = ctx
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -417,8 +419,9 @@ class TimPlugin:
             }
 
     def pytest_runtest_logreport(self, report):
-        if self.progress is not None:
-            self.progress.report(report)
+        outcome = _outcome(report)
+        if self.progress is not None and outcome is not None:
+            self.progress.report(report.nodeid, outcome)
         node = getattr(report, "node", None) if self.is_controller else None
         if node is not None:
             # Which worker was busy for how long, for the makespan line.
@@ -429,7 +432,6 @@ class TimPlugin:
         if state is None:
             return
         state["durations"][report.when] = report.duration
-        outcome = _outcome(report)
         if outcome is not None:
             state["outcome"] = _worst(state["outcome"], outcome)
 
@@ -441,10 +443,12 @@ class TimPlugin:
             return
         ctx = self.recorder.pop(state["ctx"])
         item = state["item"]
-        for fixturedef in _fixturedefs(item):
-            extra = self.fixture_deps.get(id(fixturedef))
-            if extra is not None:
-                ctx.merge(extra)
+        fixture_deps = self.fixture_deps
+        if fixture_deps:
+            for fixturedef in _fixturedefs(item):
+                extra = fixture_deps.get(fixturedef)
+                if extra is not None:
+                    ctx.merge(extra)
         rel = self._rel(item.path)
         record = {
             "id": nodeid,
@@ -580,6 +584,22 @@ class TimPlugin:
             return None
         return sorted(inherited.union(m.name for m in own) - _PLUMBING_MARKERS)
 
+    def _xdist_group(self, item):
+        """The name of the test's closest `xdist_group` mark, if any; what
+        its parents say is looked up once per parent."""
+        for mark in item.own_markers:
+            if mark.name == "xdist_group":
+                return _group_name(mark)
+        parent = item.parent
+        try:
+            return self._parent_groups[parent]
+        except KeyError:
+            pass
+        mark = parent.get_closest_marker("xdist_group") if parent is not None else None
+        group = None if mark is None else _group_name(mark)
+        self._parent_groups[parent] = group
+        return group
+
     def _rel(self, path):
         # Once per file, not once per test: `realpath` stats every component.
         key = str(path)
@@ -651,11 +671,8 @@ class _Progress:
         self._emit({"event": "start", "tests": len(ids), "seconds": seconds})
         self._last = time.monotonic()
 
-    def report(self, report):
-        outcome = _outcome(report)
-        if outcome is not None:
-            nodeid = report.nodeid
-            self._outcomes[nodeid] = _worst(self._outcomes.get(nodeid), outcome)
+    def report(self, nodeid, outcome):
+        self._outcomes[nodeid] = _worst(self._outcomes.get(nodeid), outcome)
 
     def finish(self, nodeid):
         outcome = self._outcomes.pop(nodeid, None)
@@ -688,11 +705,7 @@ class _Progress:
 _PLUMBING_MARKERS = frozenset(("parametrize", "usefixtures", "filterwarnings"))
 
 
-def _xdist_group(item):
-    """The name of the test's `xdist_group` mark, if any."""
-    mark = item.get_closest_marker("xdist_group")
-    if mark is None:
-        return None
+def _group_name(mark):
     name = mark.args[0] if mark.args else mark.kwargs.get("name")
     return None if name is None else str(name)
 

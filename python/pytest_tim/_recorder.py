@@ -312,9 +312,10 @@ class _MonitoringBackend:
     def __init__(self, recorder):
         self._recorder = recorder
         self._tool = None
-        # id -> code object: code objects compare by value, and two
-        # identical functions in two files are equal.
-        self._instrumented = {}
+        # The code objects armed, to arm again if our tool id is taken
+        # back. (A list: code objects compare by value, and two identical
+        # functions in two files are equal.)
+        self._instrumented = []
         self._on_start = None
         # Code objects recorded since the last re-arm, and those of them
         # whose event was disabled.
@@ -358,7 +359,7 @@ class _MonitoringBackend:
         mon.register_callback(self._tool, mon.events.PY_RESUME, on_start)
         if self._instrumented:
             # Taken back after the code under test freed our tool id.
-            for code in self._instrumented.values():
+            for code in self._instrumented:
                 mon.set_local_events(self._tool, code, _EVENTS)
             return
         # Modules the project imported before recording started (the
@@ -401,18 +402,23 @@ class _MonitoringBackend:
         """Arms `code` and the code objects nested in it, if they are the
         project's."""
         mon = sys.monitoring
+        tool = self._tool
+        armed = mon.get_local_events
         root = self._recorder.root
         stack = [code]
         while stack:
             c = stack.pop()
-            if id(c) in self._instrumented:
+            # Armed already (with the code nested in it)? Asked of the code
+            # object itself: a set of `id()`s would raise an audit event
+            # per lookup.
+            if armed(tool, c) == _EVENTS:
                 continue
             rel = _relative(root, c.co_filename)
             if rel is None or _excluded(rel):
                 continue
-            self._instrumented[id(c)] = c
-            mon.set_local_events(self._tool, c, _EVENTS)
-            stack.extend(k for k in c.co_consts if isinstance(k, type(c)))
+            self._instrumented.append(c)
+            mon.set_local_events(tool, c, _EVENTS)
+            stack.extend(k for k in c.co_consts if type(k) is _CODE)
 
     def boundary(self):
         pass
