@@ -108,6 +108,7 @@ backends = [getattr(_recorder, n) for n in ("_MonitoringBackend", "_InstrumentBa
 if variant == "no-tracer":  # no code recording at all (audit hook and daemon stay)
     for b in backends:
         b.start = b.rearm = b.boundary = lambda self: None
+        b.lost = lambda self: None  # else every context counts as incomplete
 if variant == "no-rearm":  # code recorded once per process, not once per test
     _recorder._MonitoringBackend.rearm = lambda self: None
 if variant == "inactive":  # the plugin loaded, not recording (no TIM_MODE)
@@ -550,6 +551,14 @@ class Copy:
     def tim_run(self, *flags: str, what="tim run") -> tuple[float, subprocess.CompletedProcess]:
         return self._run([self.tim, "run", *flags, "--", *COMMON_ARGS, *self.suite.pytest_args], what)
 
+    def plugin_dir(self) -> Path:
+        """Where `tim run` last wrote its embedded plugin (one directory per
+        plugin version under the runtime directory)."""
+        dirs = list((Path(self.env["TIM_RUNTIME_DIR"]) / "python").glob("*/pytest_tim"))
+        if not dirs:
+            raise RuntimeError("no plugin in the runtime directory: run `tim run` first")
+        return max(dirs, key=lambda d: d.stat().st_mtime).parent
+
     def breakdown(self, variant: str, driver: Path, tests: int) -> float:
         """pytest with the plugin recording everything, part of it switched
         off (see BREAKDOWN_DRIVER); the daemon must be running."""
@@ -561,7 +570,7 @@ class Copy:
             TIM_SOCKET=info["socket"],
             TIM_BIN=self.tim,
             TIM_COMMAND=f"breakdown {variant}",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(self.root / ".tim" / "python"), env.get("PYTHONPATH")])),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(self.plugin_dir()), env.get("PYTHONPATH")])),
         )
         cmd = [str(self.py.exe), str(driver), variant, *COMMON_ARGS, *self.suite.pytest_args]
         t0 = time.perf_counter()

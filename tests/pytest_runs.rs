@@ -397,3 +397,60 @@ fn a_recursion_error_in_a_test_does_not_stop_recording() {
     let v = p.tim_json(&["affected", "--json"]);
     assert_eq!(v["tests"].as_array().unwrap().len(), 2, "{v:#}");
 }
+
+/// Files in `dir` with their modification times, sorted.
+fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().modified().unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_plugin_tim_provides_and_its_bytecode_outlive_a_fresh_state_directory() {
+    let mut p = Project::with_files(SMALL);
+    p.env("TIM_PYTHON", &test_python());
+    // This machine may set it; a developer's does not.
+    p.env("PYTHONDONTWRITEBYTECODE", "");
+    p.tim_ok(&["run", "--all"]);
+    // One directory per plugin version in the (private) runtime directory,
+    // holding the plugin of this source tree; nothing under `.tim/`.
+    let versions: Vec<PathBuf> = std::fs::read_dir(p.runtime.join("python"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let copy = versions[0].join("pytest_tim");
+    let source = plugin_dir().join("pytest_tim");
+    for name in ["__init__.py", "_recorder.py", "_client.py"] {
+        assert_eq!(
+            std::fs::read_to_string(copy.join(name)).unwrap(),
+            std::fs::read_to_string(source.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(!p.path(".tim/python").exists());
+    let bytecode = mtimes(&copy.join("__pycache__"));
+    assert!(!bytecode.is_empty());
+
+    // A fresh `.tim/` (a new checkout, a deleted one) compiles nothing again.
+    p.tim_ok(&["daemon", "stop"]);
+    std::fs::remove_dir_all(p.path(".tim")).unwrap();
+    let out = p.tim_ok(&["run", "--all"]);
+    assert!(out.contains("8 passed"), "{out}");
+    assert_eq!(mtimes(&copy.join("__pycache__")), bytecode);
+
+    // A damaged copy is repaired before the next run.
+    std::fs::write(copy.join("__init__.py"), "raise SystemExit(99)\n").unwrap();
+    let out = p.tim_ok(&["run", "--all"]);
+    assert!(out.contains("8 passed"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(copy.join("__init__.py")).unwrap(),
+        std::fs::read_to_string(source.join("__init__.py")).unwrap()
+    );
+}

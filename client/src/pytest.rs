@@ -1,8 +1,8 @@
 //! Running pytest: choosing the interpreter, providing the plugin, and the
 //! `tim run`, `tim affected` and `tim why` commands.
 //!
-//! The plugin ships inside the `tim` binary and is written to
-//! `.tim/python/` before each run, so the pytest that runs always speaks this
+//! The plugin ships inside the `tim` binary and is written to the runtime
+//! directory before each run, so the pytest that runs always speaks this
 //! tim's protocol, whether or not `pytest-tim` is installed.
 
 use crate::connect::{self, Connection};
@@ -43,6 +43,16 @@ const PLUGIN: &[(&str, &str)] = &[
         include_str!("../../python/pytest_tim/_recorder.py"),
     ),
 ];
+
+/// Names this plugin's directory: the files' hash, which is deterministic
+/// for one build (`DefaultHasher::new` has fixed keys). A collision would
+/// cost nothing but rewrites: every run compares the files it finds.
+fn plugin_digest() -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    PLUGIN.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
 
 /// Overrides the interpreter `tim run` uses.
 pub const PYTHON_ENV: &str = "TIM_PYTHON";
@@ -88,10 +98,27 @@ fn python_identity(python: &Path) -> Option<String> {
     Some(path.canonicalize().ok()?.display().to_string())
 }
 
-/// Writes the embedded plugin under `.tim/python/` (only what differs) and
-/// returns the directory to put on `PYTHONPATH`.
+/// Writes the embedded plugin (only what differs) and returns the directory
+/// to put on `PYTHONPATH`: `<runtime dir>/python/<hash of the files>/`.
+///
+/// Not under `.tim/`: the bytecode pytest compiles for the plugin (its
+/// assertion rewriter loads `-p` plugins) is kept next to it, and a fresh
+/// `.tim/` (a new checkout, a deleted one) would compile it again, which
+/// costs a first recording tens of milliseconds. The runtime directory is
+/// private to the user (a shared one could let others plant code in the
+/// tests' process), and one directory per plugin version serves every
+/// project and never changes under a running pytest.
 fn install_plugin(layout: &Layout) -> Result<PathBuf, ClientError> {
-    let base = layout.state_dir.join("python");
+    layout.ensure_runtime_dir().map_err(|e| {
+        ClientError::io(
+            format!(
+                "cannot use the runtime directory {}",
+                layout.runtime_dir.display()
+            ),
+            e,
+        )
+    })?;
+    let base = layout.runtime_dir.join("python").join(plugin_digest());
     let dir = base.join("pytest_tim");
     std::fs::create_dir_all(&dir)
         .map_err(|e| ClientError::io(format!("cannot create {}", dir.display()), e))?;
