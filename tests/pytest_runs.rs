@@ -454,3 +454,23 @@ fn the_plugin_tim_provides_and_its_bytecode_outlive_a_fresh_state_directory() {
         std::fs::read_to_string(source.join("__init__.py")).unwrap()
     );
 }
+
+#[test]
+fn bytecode_caches_are_no_dependencies() {
+    let mut p = Project::with_files(SMALL);
+    p.env("TIM_PYTHON", &test_python());
+    p.env("PYTHONDONTWRITEBYTECODE", "");
+    // The first run writes bytecode caches (Python's, pytest's rewritten
+    // test modules, the 3.11 recorder's instrumented modules); the second
+    // reads them while its tests are recorded.
+    p.tim_ok(&["run", "--all"]);
+    assert!(p.path("lib/__pycache__").is_dir());
+    p.tim_ok(&["run", "--all"]);
+    let why = p.tim_json(&["why", "tests/test_a.py::test_one", "--json"]);
+    let targets = why_targets(&why);
+    assert!(targets.iter().any(|t| t == "lib/a.py::one"), "{targets:?}");
+    assert!(
+        !targets.iter().any(|t| t.contains("__pycache__")),
+        "{targets:?}"
+    );
+}

@@ -374,6 +374,13 @@ fn is_state_path(path: &RepoPath) -> bool {
     path.as_str().starts_with(".tim/")
 }
 
+/// Files and listings no test can depend on by themselves: tim's state,
+/// and bytecode caches (derived from sources tracked as code; recorded by
+/// older plugins, and each one untracked, so read again by every query).
+fn is_derived(path: &str) -> bool {
+    path.starts_with(".tim/") || path.split('/').any(|c| c == "__pycache__")
+}
+
 /// pytest's default `python_files`.
 const DEFAULT_PYTHON_FILES: &[&str] = &["test_*.py", "*_test.py"];
 
@@ -1526,14 +1533,14 @@ impl Pytest {
             }
         }
         let tree = self.current(ctx);
-        for file in deps.files.iter().filter(|f| !f.starts_with(".tim/")) {
+        for file in deps.files.iter().filter(|f| !is_derived(f)) {
             let path = RepoPath::new(file.clone());
             out.insert(Dep::File {
                 hash: tree.file_hash(&path),
                 path,
             });
         }
-        for dir in &deps.dirs {
+        for dir in deps.dirs.iter().filter(|d| !is_derived(d)) {
             let path = RepoPath::new(dir.clone());
             out.insert(Dep::Dir {
                 hash: tree.dir_hash(&path),
@@ -2437,6 +2444,22 @@ mod tests {
             Some("TestK.test_m")
         );
         assert_eq!(test_qualname("tests/test_a.py"), None);
+    }
+
+    #[test]
+    fn state_and_bytecode_caches_are_derived() {
+        let cases = [
+            (".tim/cache/blobs/ab/cd", true),
+            ("lib/__pycache__/a.cpython-311-tim-2.instrumented", true),
+            ("__pycache__/x.pyc", true),
+            ("lib/__pycache__", true),
+            ("data/cases.json", false),
+            ("lib/not__pycache__/x.json", false),
+            ("docs/.tim/notes.txt", false),
+        ];
+        for (path, derived) in cases {
+            assert_eq!(is_derived(path), derived, "{path}");
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ _WRITE_ONLY = os.O_WRONLY
 _CODE = type(compile("", "", "exec"))
 _MACHINERY = os.sep + "_pytest" + os.sep
 _IMPORTLIB = os.sep + "importlib" + os.sep
+_PYCACHE = os.sep + "__pycache__"
 
 
 class Context:
@@ -288,8 +289,12 @@ class Recorder:
         path = os.path.abspath(path)
         if not (path.startswith(self.root) or path == self._root_dir) or path.startswith(self._state_dir):
             return
+        # Bytecode caches (`.pyc`, pytest's rewritten modules, the 3.11
+        # instrumenter's own) are derived from sources tracked as code.
+        if _PYCACHE in path:
+            return
         if kind == "files":
-            # Python sources are tracked as code; bytecode is derived.
+            # Python sources are tracked as code.
             if path.endswith((".py", ".pyc")):
                 return
             for ctx in self._active:
