@@ -398,6 +398,15 @@ fn a_recursion_error_in_a_test_does_not_stop_recording() {
     assert_eq!(v["tests"].as_array().unwrap().len(), 2, "{v:#}");
 }
 
+/// The small project, run by `tim` with Python writing bytecode caches
+/// (this machine may set PYTHONDONTWRITEBYTECODE; a developer's does not).
+fn small_writing_bytecode() -> Project {
+    let mut p = Project::with_files(SMALL);
+    p.env("TIM_PYTHON", &test_python());
+    p.env("PYTHONDONTWRITEBYTECODE", "");
+    p
+}
+
 /// Files in `dir` with their modification times, sorted.
 fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
@@ -413,10 +422,7 @@ fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
 
 #[test]
 fn the_plugin_tim_provides_and_its_bytecode_outlive_a_fresh_state_directory() {
-    let mut p = Project::with_files(SMALL);
-    p.env("TIM_PYTHON", &test_python());
-    // This machine may set it; a developer's does not.
-    p.env("PYTHONDONTWRITEBYTECODE", "");
+    let p = small_writing_bytecode();
     p.tim_ok(&["run", "--all"]);
     // One directory per plugin version in the (private) runtime directory,
     // holding the plugin of this source tree; nothing under `.tim/`.
@@ -457,9 +463,7 @@ fn the_plugin_tim_provides_and_its_bytecode_outlive_a_fresh_state_directory() {
 
 #[test]
 fn bytecode_caches_are_no_dependencies() {
-    let mut p = Project::with_files(SMALL);
-    p.env("TIM_PYTHON", &test_python());
-    p.env("PYTHONDONTWRITEBYTECODE", "");
+    let p = small_writing_bytecode();
     // The first run writes bytecode caches (Python's, pytest's rewritten
     // test modules, the 3.11 recorder's instrumented modules); the second
     // reads them while its tests are recorded.

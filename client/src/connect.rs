@@ -178,11 +178,8 @@ pub fn connect(layout: &Layout) -> Result<Connection, ClientError> {
     start(layout)
 }
 
-/// Starts a daemon unless one answers already; returns a connection to it.
-pub fn start(layout: &Layout) -> Result<Connection, ClientError> {
-    layout
-        .ensure_state_dir()
-        .map_err(|e| ClientError::io(format!("cannot create {}", layout.state_dir.display()), e))?;
+/// Creates the (private) runtime directory if need be.
+pub fn ensure_runtime_dir(layout: &Layout) -> Result<(), ClientError> {
     layout.ensure_runtime_dir().map_err(|e| {
         ClientError::io(
             format!(
@@ -191,7 +188,15 @@ pub fn start(layout: &Layout) -> Result<Connection, ClientError> {
             ),
             e,
         )
-    })?;
+    })
+}
+
+/// Starts a daemon unless one answers already; returns a connection to it.
+pub fn start(layout: &Layout) -> Result<Connection, ClientError> {
+    layout
+        .ensure_state_dir()
+        .map_err(|e| ClientError::io(format!("cannot create {}", layout.state_dir.display()), e))?;
+    ensure_runtime_dir(layout)?;
     let lock = File::options()
         .create(true)
         .truncate(false)

@@ -109,15 +109,7 @@ fn python_identity(python: &Path) -> Option<String> {
 /// tests' process), and one directory per plugin version serves every
 /// project and never changes under a running pytest.
 fn install_plugin(layout: &Layout) -> Result<PathBuf, ClientError> {
-    layout.ensure_runtime_dir().map_err(|e| {
-        ClientError::io(
-            format!(
-                "cannot use the runtime directory {}",
-                layout.runtime_dir.display()
-            ),
-            e,
-        )
-    })?;
+    connect::ensure_runtime_dir(layout)?;
     let base = layout.runtime_dir.join("python").join(plugin_digest());
     let dir = base.join("pytest_tim");
     std::fs::create_dir_all(&dir)
