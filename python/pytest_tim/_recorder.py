@@ -41,6 +41,7 @@ _CODE = type(compile("", "", "exec"))
 _MACHINERY = os.sep + "_pytest" + os.sep
 _IMPORTLIB = os.sep + "importlib" + os.sep
 _PYCACHE = os.sep + "__pycache__"
+_PYCACHE_DIR = _PYCACHE + os.sep
 
 
 class Context:
@@ -291,7 +292,7 @@ class Recorder:
             return
         # Bytecode caches (`.pyc`, pytest's rewritten modules, the 3.11
         # instrumenter's own) are derived from sources tracked as code.
-        if _PYCACHE in path:
+        if _PYCACHE_DIR in path or path.endswith(_PYCACHE):
             return
         if kind == "files":
             # Python sources are tracked as code.
