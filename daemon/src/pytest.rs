@@ -377,8 +377,8 @@ fn is_state_path(path: &RepoPath) -> bool {
 /// Files and listings no test can depend on by themselves: tim's state,
 /// and bytecode caches (derived from sources tracked as code; recorded by
 /// older plugins, and each one untracked, so read again by every query).
-fn is_derived(path: &str) -> bool {
-    path.starts_with(".tim/") || path.split('/').any(|c| c == "__pycache__")
+fn is_derived(path: &RepoPath) -> bool {
+    is_state_path(path) || path.as_str().split('/').any(|c| c == "__pycache__")
 }
 
 /// pytest's default `python_files`.
@@ -1533,15 +1533,19 @@ impl Pytest {
             }
         }
         let tree = self.current(ctx);
-        for file in deps.files.iter().filter(|f| !is_derived(f)) {
-            let path = RepoPath::new(file.clone());
+        for path in deps.files.iter().map(|f| RepoPath::new(f.clone())) {
+            if is_derived(&path) {
+                continue;
+            }
             out.insert(Dep::File {
                 hash: tree.file_hash(&path),
                 path,
             });
         }
-        for dir in deps.dirs.iter().filter(|d| !is_derived(d)) {
-            let path = RepoPath::new(dir.clone());
+        for path in deps.dirs.iter().map(|d| RepoPath::new(d.clone())) {
+            if is_derived(&path) {
+                continue;
+            }
             out.insert(Dep::Dir {
                 hash: tree.dir_hash(&path),
                 path,
@@ -2458,7 +2462,7 @@ mod tests {
             ("docs/.tim/notes.txt", false),
         ];
         for (path, derived) in cases {
-            assert_eq!(is_derived(path), derived, "{path}");
+            assert_eq!(is_derived(&RepoPath::new(path)), derived, "{path}");
         }
     }
 
